@@ -1,0 +1,154 @@
+// Package metadata is strata's index of snapshots: a bbolt database that
+// records every snapshot's key, id, kind, parent, labels, usage and the short
+// link name its layer is mounted through.
+//
+// The schema is strata's own rather than containerd's core/snapshots/storage
+// so that it can hold fields that package cannot (link names, usage computed
+// outside the write transaction) and grow with a recorded schema version.
+//
+// Layout of the file (every name below is a bolt bucket unless it is a key):
+//
+//	strata/
+//	  schema            key: the schema version, big-endian uint32
+//	  snapshots/<key>/  one bucket per snapshot, fields below
+//	    id kind parent link created updated size inodes, labels/
+//	  ids/<id>          id (big-endian uint64) -> key; its sequence hands out ids
+//	  children/<p><c>   parent id + child id (big-endian) -> child key
+//	  links/<link>      link name -> id
+//
+// Every change happens inside one bolt transaction (Update); readers use View
+// and never block the writer or each other.
+package metadata
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+)
+
+// SchemaVersion is the version of the layout described in the package
+// documentation. A file recording a newer version was written by a newer
+// strata and is refused rather than misread.
+const SchemaVersion = 1
+
+var (
+	bucketRoot      = []byte("strata")
+	bucketSnapshots = []byte("snapshots")
+	bucketIDs       = []byte("ids")
+	bucketChildren  = []byte("children")
+	bucketLinks     = []byte("links")
+	keySchema       = []byte("schema")
+)
+
+// openTimeout bounds how long Open waits for bolt's file lock, so that a second
+// daemon pointed at the same root fails with a clear message instead of
+// hanging.
+const openTimeout = 2 * time.Second
+
+// DB is an open index.
+type DB struct {
+	db *bolt.DB
+}
+
+// Open opens (creating if needed) the index at path and checks its schema.
+func Open(ctx context.Context, path string) (*DB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create metadata directory: %w", err)
+	}
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("metadata database %s is locked by another process (is another strata running on this root?): %w", path, errdefs.ErrUnavailable)
+		}
+		return nil, fmt.Errorf("open metadata database %s: %w", path, err)
+	}
+	if err := bdb.Update(func(tx *bolt.Tx) error { return initSchema(ctx, tx) }); err != nil {
+		bdb.Close()
+		return nil, fmt.Errorf("metadata database %s: %w", path, err)
+	}
+	return &DB{db: bdb}, nil
+}
+
+func initSchema(ctx context.Context, tx *bolt.Tx) error {
+	root := tx.Bucket(bucketRoot)
+	if root != nil {
+		v := root.Get(keySchema)
+		if len(v) != 4 {
+			return fmt.Errorf("schema version record is corrupt (%d bytes): %w", len(v), errdefs.ErrDataLoss)
+		}
+		version := binary.BigEndian.Uint32(v)
+		if version > SchemaVersion {
+			return fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d: %w",
+				version, SchemaVersion, errdefs.ErrFailedPrecondition)
+		}
+		// Older versions would be migrated here; version 1 is the first.
+		return nil
+	}
+	root, err := tx.CreateBucket(bucketRoot)
+	if err != nil {
+		return err
+	}
+	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketLinks} {
+		if _, err := root.CreateBucket(name); err != nil {
+			return err
+		}
+	}
+	var v [4]byte
+	binary.BigEndian.PutUint32(v[:], SchemaVersion)
+	log.G(ctx).WithField("schema", SchemaVersion).Debug("initialised metadata database")
+	return root.Put(keySchema, v[:])
+}
+
+// Close closes the database. It is safe to call more than once.
+func (db *DB) Close() error {
+	return db.db.Close()
+}
+
+// Path is the file the index lives in.
+func (db *DB) Path() string { return db.db.Path() }
+
+// View runs fn in a read-only transaction.
+func (db *DB) View(fn func(*Tx) error) error {
+	return db.db.View(func(tx *bolt.Tx) error { return fn(newTx(tx)) })
+}
+
+// Update runs fn in a read-write transaction; all of fn's changes are
+// committed together, or none are when fn returns an error.
+func (db *DB) Update(fn func(*Tx) error) error {
+	return db.db.Update(func(tx *bolt.Tx) error { return fn(newTx(tx)) })
+}
+
+// Tx is a transaction on the index. It is only valid inside the function
+// given to View or Update.
+type Tx struct {
+	tx        *bolt.Tx
+	snapshots *bolt.Bucket
+	ids       *bolt.Bucket
+	children  *bolt.Bucket
+	links     *bolt.Bucket
+}
+
+func newTx(tx *bolt.Tx) *Tx {
+	root := tx.Bucket(bucketRoot)
+	return &Tx{
+		tx:        tx,
+		snapshots: root.Bucket(bucketSnapshots),
+		ids:       root.Bucket(bucketIDs),
+		children:  root.Bucket(bucketChildren),
+		links:     root.Bucket(bucketLinks),
+	}
+}
+
+// SchemaVersion returns the version recorded in the file.
+func (t *Tx) SchemaVersion() uint32 {
+	return binary.BigEndian.Uint32(t.tx.Bucket(bucketRoot).Get(keySchema))
+}

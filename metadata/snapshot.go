@@ -1,0 +1,435 @@
+package metadata
+
+import (
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Snapshot is one record of the index.
+type Snapshot struct {
+	ID      uint64
+	Key     string
+	Kind    snapshots.Kind
+	Parent  string // key of the parent, "" for none
+	Link    string // short name of the layer's link; see the snapshotter's layout
+	Labels  map[string]string
+	Created time.Time
+	Updated time.Time
+	// Usage is the layer's own usage, stored at Commit. It is zero for active
+	// snapshots and views, whose usage is measured on demand.
+	Usage snapshots.Usage
+}
+
+// Info is the record as containerd's snapshots API describes it.
+func (s Snapshot) Info() snapshots.Info {
+	return snapshots.Info{
+		Kind:    s.Kind,
+		Name:    s.Key,
+		Parent:  s.Parent,
+		Labels:  maps.Clone(s.Labels),
+		Created: s.Created,
+		Updated: s.Updated,
+	}
+}
+
+var (
+	fieldID      = []byte("id")
+	fieldKind    = []byte("kind")
+	fieldParent  = []byte("parent")
+	fieldLink    = []byte("link")
+	fieldCreated = []byte("created")
+	fieldUpdated = []byte("updated")
+	fieldSize    = []byte("size")
+	fieldInodes  = []byte("inodes")
+	fieldLabels  = []byte("labels")
+)
+
+// Get returns the snapshot recorded under key.
+func (t *Tx) Get(key string) (Snapshot, error) {
+	b := t.snapshots.Bucket([]byte(key))
+	if b == nil {
+		return Snapshot{}, fmt.Errorf("snapshot %q: %w", key, errdefs.ErrNotFound)
+	}
+	return readSnapshot(key, b)
+}
+
+// GetByID returns the snapshot with the given id.
+func (t *Tx) GetByID(id uint64) (Snapshot, error) {
+	key := t.ids.Get(u64(id))
+	if key == nil {
+		return Snapshot{}, fmt.Errorf("snapshot id %d: %w", id, errdefs.ErrNotFound)
+	}
+	return t.Get(string(key))
+}
+
+// Chain returns the committed snapshots s stands on, nearest parent first.
+func (t *Tx) Chain(s Snapshot) ([]Snapshot, error) {
+	var chain []Snapshot
+	seen := map[uint64]bool{s.ID: true}
+	for parent := s.Parent; parent != ""; {
+		p, err := t.Get(parent)
+		if err != nil {
+			return nil, fmt.Errorf("parent chain of %q is broken: %w", s.Key, err)
+		}
+		if seen[p.ID] {
+			return nil, fmt.Errorf("parent chain of %q loops at %q: %w", s.Key, p.Key, errdefs.ErrDataLoss)
+		}
+		seen[p.ID] = true
+		chain = append(chain, p)
+		parent = p.Parent
+	}
+	return chain, nil
+}
+
+// NewSnapshot describes a snapshot to create.
+type NewSnapshot struct {
+	Key    string
+	Kind   snapshots.Kind // KindActive or KindView
+	Parent string         // must name a committed snapshot, or be ""
+	Labels map[string]string
+	// Link is the short link name of the new layer; it must not be in use
+	// (see LinkInUse).
+	Link string
+}
+
+// Create records a new active snapshot or view and returns it with its
+// freshly assigned id.
+func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
+	if n.Kind != snapshots.KindActive && n.Kind != snapshots.KindView {
+		return Snapshot{}, fmt.Errorf("cannot create a snapshot of kind %v: %w", n.Kind, errdefs.ErrInvalidArgument)
+	}
+	if n.Key == "" {
+		return Snapshot{}, fmt.Errorf("snapshot key must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	var parent Snapshot
+	if n.Parent != "" {
+		var err error
+		if parent, err = t.Get(n.Parent); err != nil {
+			return Snapshot{}, fmt.Errorf("parent: %w", err)
+		}
+		if parent.Kind != snapshots.KindCommitted {
+			return Snapshot{}, fmt.Errorf("parent %q is %v, not committed: %w", n.Parent, parent.Kind, errdefs.ErrInvalidArgument)
+		}
+	}
+	if t.snapshots.Bucket([]byte(n.Key)) != nil {
+		return Snapshot{}, fmt.Errorf("snapshot %q: %w", n.Key, errdefs.ErrAlreadyExists)
+	}
+	if n.Link == "" || t.LinkInUse(n.Link) {
+		return Snapshot{}, fmt.Errorf("link name %q is empty or in use: %w", n.Link, errdefs.ErrAlreadyExists)
+	}
+	id, err := t.ids.NextSequence()
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("allocate snapshot id: %w", err)
+	}
+	now := time.Now().UTC()
+	s := Snapshot{
+		ID:      id,
+		Key:     n.Key,
+		Kind:    n.Kind,
+		Parent:  n.Parent,
+		Link:    n.Link,
+		Labels:  maps.Clone(n.Labels),
+		Created: now,
+		Updated: now,
+	}
+	if err := t.put(s); err != nil {
+		return Snapshot{}, err
+	}
+	if err := t.links.Put([]byte(s.Link), u64(id)); err != nil {
+		return Snapshot{}, err
+	}
+	if n.Parent != "" {
+		if err := t.children.Put(childKey(parent.ID, id), []byte(n.Key)); err != nil {
+			return Snapshot{}, err
+		}
+	}
+	return s, nil
+}
+
+// Commit turns the active snapshot key, whose id must be id, into the
+// committed snapshot name, with the given usage. As containerd's interface
+// specifies, the committed snapshot gets only the labels given to Commit, and
+// an active snapshot created without a parent may be given one now (the
+// "rebase" capability used by parallel unpack).
+func (t *Tx) Commit(key, name string, id uint64, usage snapshots.Usage, base snapshots.Info) (Snapshot, error) {
+	if name == "" {
+		return Snapshot{}, fmt.Errorf("commit name must not be empty: %w", errdefs.ErrInvalidArgument)
+	}
+	s, err := t.Get(key)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if s.Kind != snapshots.KindActive {
+		return Snapshot{}, fmt.Errorf("snapshot %q is %v, not active: %w", key, s.Kind, errdefs.ErrFailedPrecondition)
+	}
+	if s.ID != id {
+		return Snapshot{}, fmt.Errorf("snapshot %q was replaced while it was being committed: %w", key, errdefs.ErrFailedPrecondition)
+	}
+	if t.snapshots.Bucket([]byte(name)) != nil {
+		return Snapshot{}, fmt.Errorf("snapshot %q: %w", name, errdefs.ErrAlreadyExists)
+	}
+	if base.Parent != "" && base.Parent != s.Parent {
+		if s.Parent != "" {
+			return Snapshot{}, fmt.Errorf("cannot change parent of %q from %q to %q on commit: %w", key, s.Parent, base.Parent, errdefs.ErrInvalidArgument)
+		}
+		p, err := t.Get(base.Parent)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("commit parent: %w", err)
+		}
+		if p.Kind != snapshots.KindCommitted {
+			return Snapshot{}, fmt.Errorf("commit parent %q is %v, not committed: %w", base.Parent, p.Kind, errdefs.ErrInvalidArgument)
+		}
+		s.Parent = base.Parent
+	}
+	if err := t.snapshots.DeleteBucket([]byte(key)); err != nil {
+		return Snapshot{}, fmt.Errorf("delete active record %q: %w", key, err)
+	}
+	s.Key = name
+	s.Kind = snapshots.KindCommitted
+	s.Labels = maps.Clone(base.Labels)
+	s.Created = time.Now().UTC()
+	s.Updated = s.Created
+	s.Usage = usage
+	if err := t.put(s); err != nil {
+		return Snapshot{}, err
+	}
+	if s.Parent != "" {
+		p, err := t.Get(s.Parent)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("commit parent: %w", err)
+		}
+		if err := t.children.Put(childKey(p.ID, s.ID), []byte(name)); err != nil {
+			return Snapshot{}, err
+		}
+	}
+	return s, nil
+}
+
+// Remove deletes the record of key, which must have no children, and returns
+// what it was.
+func (t *Tx) Remove(key string) (Snapshot, error) {
+	s, err := t.Get(key)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if kids := t.Children(s.ID); len(kids) > 0 {
+		return Snapshot{}, fmt.Errorf("snapshot %q has %d children (for example %q); remove them first: %w",
+			key, len(kids), kids[0], errdefs.ErrFailedPrecondition)
+	}
+	if s.Parent != "" {
+		p, err := t.Get(s.Parent)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("parent of %q: %w", key, err)
+		}
+		if err := t.children.Delete(childKey(p.ID, s.ID)); err != nil {
+			return Snapshot{}, err
+		}
+	}
+	if err := t.snapshots.DeleteBucket([]byte(key)); err != nil {
+		return Snapshot{}, fmt.Errorf("delete record %q: %w", key, err)
+	}
+	if err := t.ids.Delete(u64(s.ID)); err != nil {
+		return Snapshot{}, err
+	}
+	if err := t.links.Delete([]byte(s.Link)); err != nil {
+		return Snapshot{}, err
+	}
+	return s, nil
+}
+
+// Update changes the mutable fields of a snapshot (its labels) as
+// containerd's Snapshotter.Update specifies: with no fieldpaths all labels are
+// replaced; "labels" replaces them too; "labels.KEY" sets one label or, when
+// info has no value for it, deletes it.
+func (t *Tx) Update(info snapshots.Info, fieldpaths ...string) (Snapshot, error) {
+	s, err := t.Get(info.Name)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if len(fieldpaths) == 0 {
+		fieldpaths = []string{"labels"}
+	}
+	labels := maps.Clone(s.Labels)
+	for _, path := range fieldpaths {
+		switch {
+		case path == "labels":
+			labels = maps.Clone(info.Labels)
+		case strings.HasPrefix(path, "labels."):
+			k := strings.TrimPrefix(path, "labels.")
+			if v := info.Labels[k]; v != "" {
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				labels[k] = v
+			} else {
+				delete(labels, k)
+			}
+		default:
+			return Snapshot{}, fmt.Errorf("cannot update field %q of snapshot %q (only labels and labels.KEY): %w", path, info.Name, errdefs.ErrInvalidArgument)
+		}
+	}
+	s.Labels = labels
+	s.Updated = time.Now().UTC()
+	return s, t.put(s)
+}
+
+// Walk calls fn for every snapshot, in key order.
+func (t *Tx) Walk(fn func(Snapshot) error) error {
+	return t.snapshots.ForEachBucket(func(k []byte) error {
+		s, err := readSnapshot(string(k), t.snapshots.Bucket(k))
+		if err != nil {
+			return err
+		}
+		return fn(s)
+	})
+}
+
+// Children returns the keys of the snapshots whose parent has the given id.
+func (t *Tx) Children(id uint64) []string {
+	var kids []string
+	prefix := u64(id)
+	c := t.children.Cursor()
+	for k, v := c.Seek(prefix); k != nil && len(k) == 16 && binary.BigEndian.Uint64(k) == id; k, v = c.Next() {
+		kids = append(kids, string(v))
+	}
+	return kids
+}
+
+// LinkInUse reports whether a snapshot already has the link name.
+func (t *Tx) LinkInUse(link string) bool {
+	return t.links.Get([]byte(link)) != nil
+}
+
+// IDs returns the ids of every recorded snapshot.
+func (t *Tx) IDs() map[uint64]bool {
+	ids := map[uint64]bool{}
+	_ = t.ids.ForEach(func(k, _ []byte) error {
+		ids[binary.BigEndian.Uint64(k)] = true
+		return nil
+	})
+	return ids
+}
+
+// Links returns every recorded link name with the id it belongs to.
+func (t *Tx) Links() map[string]uint64 {
+	links := map[string]uint64{}
+	_ = t.links.ForEach(func(k, v []byte) error {
+		links[string(k)] = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return links
+}
+
+// LastID is the highest id handed out so far.
+func (t *Tx) LastID() uint64 { return t.ids.Sequence() }
+
+// ReserveIDsThrough makes sure no id up to and including id is handed out
+// again. The snapshotter calls it at start with the highest id it finds on
+// disk, so a directory left by a transaction that never committed can never
+// collide with a new snapshot's.
+func (t *Tx) ReserveIDsThrough(id uint64) error {
+	if t.ids.Sequence() >= id {
+		return nil
+	}
+	return t.ids.SetSequence(id)
+}
+
+func (t *Tx) put(s Snapshot) error {
+	b, err := t.snapshots.CreateBucketIfNotExists([]byte(s.Key))
+	if err != nil {
+		return fmt.Errorf("record %q: %w", s.Key, err)
+	}
+	created, err := s.Created.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	updated, err := s.Updated.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	for _, f := range []struct{ k, v []byte }{
+		{fieldID, u64(s.ID)},
+		{fieldKind, []byte{byte(s.Kind)}},
+		{fieldParent, []byte(s.Parent)},
+		{fieldLink, []byte(s.Link)},
+		{fieldCreated, created},
+		{fieldUpdated, updated},
+		{fieldSize, u64(uint64(s.Usage.Size))},
+		{fieldInodes, u64(uint64(s.Usage.Inodes))},
+	} {
+		if err := b.Put(f.k, f.v); err != nil {
+			return fmt.Errorf("record %q: %w", s.Key, err)
+		}
+	}
+	if b.Bucket(fieldLabels) != nil {
+		if err := b.DeleteBucket(fieldLabels); err != nil {
+			return err
+		}
+	}
+	lb, err := b.CreateBucket(fieldLabels)
+	if err != nil {
+		return err
+	}
+	for k, v := range s.Labels {
+		// As in containerd, a label with an empty value is no label at all.
+		if v == "" {
+			continue
+		}
+		if err := lb.Put([]byte(k), []byte(v)); err != nil {
+			return fmt.Errorf("label %q of %q: %w", k, s.Key, err)
+		}
+	}
+	return t.ids.Put(u64(s.ID), []byte(s.Key))
+}
+
+func readSnapshot(key string, b *bolt.Bucket) (Snapshot, error) {
+	s := Snapshot{Key: key}
+	id := b.Get(fieldID)
+	kind := b.Get(fieldKind)
+	if len(id) != 8 || len(kind) != 1 {
+		return Snapshot{}, fmt.Errorf("record of snapshot %q is corrupt: %w", key, errdefs.ErrDataLoss)
+	}
+	s.ID = binary.BigEndian.Uint64(id)
+	s.Kind = snapshots.Kind(kind[0])
+	s.Parent = string(b.Get(fieldParent))
+	s.Link = string(b.Get(fieldLink))
+	if err := s.Created.UnmarshalBinary(b.Get(fieldCreated)); err != nil {
+		return Snapshot{}, fmt.Errorf("created time of %q: %w", key, err)
+	}
+	if err := s.Updated.UnmarshalBinary(b.Get(fieldUpdated)); err != nil {
+		return Snapshot{}, fmt.Errorf("updated time of %q: %w", key, err)
+	}
+	if v := b.Get(fieldSize); len(v) == 8 {
+		s.Usage.Size = int64(binary.BigEndian.Uint64(v))
+	}
+	if v := b.Get(fieldInodes); len(v) == 8 {
+		s.Usage.Inodes = int64(binary.BigEndian.Uint64(v))
+	}
+	if lb := b.Bucket(fieldLabels); lb != nil {
+		_ = lb.ForEach(func(k, v []byte) error {
+			if s.Labels == nil {
+				s.Labels = map[string]string{}
+			}
+			s.Labels[string(k)] = string(v)
+			return nil
+		})
+	}
+	return s, nil
+}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+func childKey(parent, child uint64) []byte {
+	return append(u64(parent), u64(child)...)
+}

@@ -1,0 +1,90 @@
+package mounts
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
+	"github.com/moby/sys/mountinfo"
+)
+
+// DefaultOptions returns the overlay options strata adds to those configured:
+// "index=off" (so that a layer can be stacked under several uppers, and
+// lower directories can be moved, without overlay's inode index objecting),
+// and "userxattr" when the kernel requires it, as it does inside a user
+// namespace. An option the configuration already sets is left to it: the
+// kernel takes the last of repeated options.
+func DefaultOptions(dir string, configured []string) ([]string, error) {
+	options := append([]string(nil), configured...)
+	if !HasOption(options, "index") {
+		// /sys/module/overlay/parameters/index exists since Linux 4.13,
+		// which introduced the index feature and the option.
+		if _, err := os.Stat("/sys/module/overlay/parameters/index"); err == nil {
+			options = append(options, "index=off")
+		}
+	}
+	if !HasOption(options, "userxattr") {
+		needed, err := overlayutils.NeedsUserXAttr(dir)
+		if err != nil {
+			return nil, fmt.Errorf("detect whether overlay needs userxattr: %w", err)
+		}
+		if needed {
+			options = append(options, "userxattr")
+		}
+	}
+	return options, nil
+}
+
+// Probe mounts a small overlay (two lower directories, an upper and a work
+// directory) under dir with options, so that a kernel without overlayfs, a
+// filesystem that cannot hold an upper directory, or an option the kernel
+// rejects is found at start, not at a container's first mount.
+func Probe(dir string, options []string) (err error) {
+	td, err := os.MkdirTemp(dir, "probe-")
+	if err != nil {
+		return fmt.Errorf("create probe directory: %w", err)
+	}
+	defer func() {
+		if rerr := os.RemoveAll(td); rerr != nil && err == nil {
+			err = fmt.Errorf("remove probe directory: %w", rerr)
+		}
+	}()
+	for _, d := range []string{"l1", "l2", "upper", "work", "merged"} {
+		if err := os.Mkdir(filepath.Join(td, d), 0o700); err != nil {
+			return err
+		}
+	}
+	m := mount.Mount{
+		Type:   "overlay",
+		Source: "overlay",
+		Options: append([]string{
+			"lowerdir=" + filepath.Join(td, "l1") + ":" + filepath.Join(td, "l2"),
+			"upperdir=" + filepath.Join(td, "upper"),
+			"workdir=" + filepath.Join(td, "work"),
+		}, options...),
+	}
+	merged := filepath.Join(td, "merged")
+	if err := m.Mount(merged); err != nil {
+		return fmt.Errorf("overlay mount with options %q failed (kernel log may say more): %w", options, err)
+	}
+	if err := mount.UnmountAll(merged, 0); err != nil {
+		return fmt.Errorf("unmount probe: %w", err)
+	}
+	return nil
+}
+
+// MountedUnder lists the mount points at or below dir. A directory holding one
+// must not be deleted: the deletion would reach into the mounted filesystem.
+func MountedUnder(dir string) ([]string, error) {
+	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	points := make([]string, 0, len(infos))
+	for _, i := range infos {
+		points = append(points, i.Mountpoint)
+	}
+	return points, nil
+}

@@ -1,0 +1,152 @@
+// Package mounts decides what the kernel is asked to mount for a snapshot,
+// and checks, before a snapshot is handed out, that the kernel will accept it.
+package mounts
+
+import (
+	"fmt"
+	"path"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+)
+
+// MaxLowerDirs is the most lower directories one overlay mount may stack:
+// OVL_MAX_STACK in the kernel's fs/overlayfs/params.h (500 since Linux 2.6.x's
+// overlayfs merge; the upper directory does not count against it).
+const MaxLowerDirs = 500
+
+// maxData is the most bytes of option data mount(2) takes: the kernel copies
+// one page, and the last byte must be the terminating NUL.
+const maxData = 4096 - 1
+
+// Layer is what a mount needs to know of one snapshot's directories.
+type Layer struct {
+	// Dir is the directory holding the layer's files (overlay's upperdir for
+	// an active snapshot, a lowerdir for its children).
+	Dir string
+	// Link is a short path resolving to Dir, used in lowerdir= so that deep
+	// chains fit in one page of mount options.
+	Link string
+}
+
+// Request describes the snapshot to mount.
+type Request struct {
+	// Writable is true for an active snapshot, false for a view.
+	Writable bool
+	// Self is the snapshot's own layer.
+	Self Layer
+	// WorkDir is overlay's workdir for an active snapshot; on the same
+	// filesystem as Self.Dir.
+	WorkDir string
+	// Parents are the committed layers below, nearest first.
+	Parents []Layer
+	// Options are appended to overlay mounts (never to bind mounts).
+	Options []string
+}
+
+// For returns the mounts for a snapshot:
+//   - no parents: a bind mount of its own directory, read-write for an active
+//     snapshot and read-only for a view;
+//   - a view of exactly one committed layer: a read-only bind of that layer;
+//   - otherwise an overlay of the parents, with upperdir and workdir for an
+//     active snapshot.
+func For(r Request) []mount.Mount {
+	if len(r.Parents) == 0 {
+		return []mount.Mount{bind(r.Self.Dir, r.Writable)}
+	}
+	if !r.Writable && len(r.Parents) == 1 {
+		return []mount.Mount{bind(r.Parents[0].Dir, false)}
+	}
+	lowers := make([]string, len(r.Parents))
+	for i, p := range r.Parents {
+		lowers[i] = p.Link
+	}
+	var options []string
+	if r.Writable {
+		options = append(options, "workdir="+r.WorkDir, "upperdir="+r.Self.Dir)
+	}
+	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
+	options = append(options, r.Options...)
+	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
+}
+
+func bind(dir string, writable bool) mount.Mount {
+	mode := "ro"
+	if writable {
+		mode = "rw"
+	}
+	return mount.Mount{Type: "bind", Source: dir, Options: []string{mode, "rbind"}}
+}
+
+// Check returns a FailedPrecondition error when the kernel would refuse the
+// mounts: more lower directories than overlayfs stacks, or more option data
+// than mount(2) takes.
+func Check(ms []mount.Mount) error {
+	for _, m := range ms {
+		if m.Type != "overlay" {
+			continue
+		}
+		if n := len(lowerDirs(m.Options)); n > MaxLowerDirs {
+			return fmt.Errorf("a chain of %d layers exceeds overlayfs's limit of %d lower directories (OVL_MAX_STACK): %w",
+				n, MaxLowerDirs, errdefs.ErrFailedPrecondition)
+		}
+		if n := DataSize(m); n > maxData {
+			return fmt.Errorf("overlay mount options would take %d bytes, more than the %d mount(2) accepts; use a shorter root directory: %w",
+				n, maxData, errdefs.ErrFailedPrecondition)
+		}
+	}
+	return nil
+}
+
+// DataSize is the length of the option string containerd's mount.All passes
+// to mount(2) for m. When the options reach a page less 512 bytes, mount.All
+// (core/mount/mount_linux.go) changes into the lower directories' common
+// parent and passes the lower directories relative to it; strata's links all
+// live in one directory, so each then costs only its name and a separator.
+func DataSize(m mount.Mount) int {
+	const compactAt = 4096 - 512
+	size := 0
+	for _, o := range m.Options {
+		size += len(o)
+	}
+	if m.Type == "overlay" && size >= compactAt {
+		if dirs := lowerDirs(m.Options); len(dirs) > 1 {
+			common := path.Dir(longestCommonPrefix(dirs)) + "/"
+			size -= len(common) * len(dirs)
+		}
+	}
+	return size + len(m.Options) - 1 // the commas between options
+}
+
+func lowerDirs(options []string) []string {
+	for _, o := range options {
+		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+			return strings.Split(v, ":")
+		}
+	}
+	return nil
+}
+
+func longestCommonPrefix(strs []string) string {
+	prefix := strs[0]
+	for _, s := range strs[1:] {
+		n := 0
+		for n < len(prefix) && n < len(s) && prefix[n] == s[n] {
+			n++
+		}
+		prefix = prefix[:n]
+	}
+	return prefix
+}
+
+// HasOption reports whether options holds key, bare ("userxattr") or as
+// key=value ("index=on").
+func HasOption(options []string, key string) bool {
+	for _, o := range options {
+		if k, _, _ := strings.Cut(o, "="); k == key {
+			return true
+		}
+	}
+	return false
+}

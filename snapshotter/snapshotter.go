@@ -1,0 +1,602 @@
+// Package snapshotter implements containerd's snapshots.Snapshotter and
+// snapshots.Cleaner on overlayfs: committed snapshots are overlay lower
+// directories, an active snapshot is the upper directory, and the metadata
+// package indexes them.
+//
+// The rules it keeps, whatever crashes:
+//   - a snapshot's directory is built under a temporary name and renamed into
+//     place inside the transaction that records it, so a snapshot is either
+//     recorded with its directory or not there at all;
+//   - Remove renames the directory out of the way inside the transaction that
+//     forgets the snapshot and deletes it afterwards; a directory that is, or
+//     holds, a mount point is never deleted;
+//   - anything on disk the index does not own is garbage, removed by Cleanup
+//     and at start.
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/filters"
+	"github.com/containerd/continuity/fs"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/strata-snapshotter/strata/metadata"
+	"github.com/strata-snapshotter/strata/mounts"
+)
+
+// Snapshotter is what New returns: containerd's snapshotter interface and
+// its Cleaner, which containerd's garbage collector calls.
+type Snapshotter interface {
+	snapshots.Snapshotter
+	snapshots.Cleaner
+}
+
+// Opt configures New.
+type Opt func(*config)
+
+type config struct {
+	syncRemove   bool
+	mountOptions []string
+}
+
+// WithSyncRemove makes Remove delete a snapshot's files before it returns,
+// instead of in the background.
+func WithSyncRemove(c *config) { c.syncRemove = true }
+
+// WithMountOptions adds options to every overlay mount strata returns.
+func WithMountOptions(options []string) Opt {
+	return func(c *config) { c.mountOptions = append(c.mountOptions, options...) }
+}
+
+type snapshotter struct {
+	layout     layout
+	db         *metadata.DB
+	syncRemove bool
+	options    []string // overlay mount options
+
+	mu       sync.Mutex
+	closed   bool
+	removing map[string]bool // directories being deleted in the background
+	wg       sync.WaitGroup  // background deletions
+}
+
+// New opens (creating if needed) a snapshotter rooted at root, which must be
+// an absolute path on a filesystem that can hold overlay upper directories.
+// Before returning it reconciles the index with the disk: leftovers of
+// interrupted operations are removed and snapshots whose directory is missing
+// are logged.
+func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err error) {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
+	if !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("root %q must be an absolute path: %w", root, errdefs.ErrInvalidArgument)
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("create root: %w", err)
+	}
+	// Resolve the root once: every path strata builds or deletes is below
+	// this real directory.
+	if root, err = filepath.EvalSymlinks(root); err != nil {
+		return nil, fmt.Errorf("resolve root: %w", err)
+	}
+	l := layout{root: root}
+	if err := l.init(); err != nil {
+		return nil, fmt.Errorf("create layout under %s: %w", root, err)
+	}
+	if ok, err := fs.SupportsDType(root); err != nil {
+		return nil, fmt.Errorf("check d_type support of %s: %w", root, err)
+	} else if !ok {
+		return nil, fmt.Errorf("%s does not support d_type, which overlayfs needs (xfs must be formatted with ftype=1): %w", root, errdefs.ErrFailedPrecondition)
+	}
+	options, err := mounts.DefaultOptions(root, c.mountOptions)
+	if err != nil {
+		return nil, err
+	}
+	if err := mounts.Probe(root, options); err != nil {
+		return nil, fmt.Errorf("overlayfs is not usable under %s: %w", root, err)
+	}
+	db, err := metadata.Open(ctx, l.dbPath())
+	if err != nil {
+		return nil, err
+	}
+	s := &snapshotter{
+		layout:     l,
+		db:         db,
+		syncRemove: c.syncRemove,
+		options:    options,
+		removing:   map[string]bool{},
+	}
+	if err := s.reconcile(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.warnIfDeepChainsCannotMount(ctx)
+	return s, nil
+}
+
+// Stat returns the info of the snapshot named key.
+func (s *snapshotter) Stat(ctx context.Context, key string) (snapshots.Info, error) {
+	var rec metadata.Snapshot
+	err := s.db.View(func(tx *metadata.Tx) (err error) {
+		rec, err = tx.Get(key)
+		return err
+	})
+	if err != nil {
+		return snapshots.Info{}, err
+	}
+	return rec.Info(), nil
+}
+
+// Update changes a snapshot's labels; see metadata.Tx.Update for fieldpaths.
+func (s *snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (snapshots.Info, error) {
+	if err := validateKey("key", info.Name); err != nil {
+		return snapshots.Info{}, err
+	}
+	if err := validateLabels(info.Labels); err != nil {
+		return snapshots.Info{}, err
+	}
+	var rec metadata.Snapshot
+	err := s.db.Update(func(tx *metadata.Tx) (err error) {
+		rec, err = tx.Update(info, fieldpaths...)
+		return err
+	})
+	if err != nil {
+		return snapshots.Info{}, err
+	}
+	return rec.Info(), nil
+}
+
+// Usage returns the snapshot's own usage: stored at Commit for a committed
+// snapshot, measured now for an active one.
+func (s *snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
+	var rec metadata.Snapshot
+	err := s.db.View(func(tx *metadata.Tx) (err error) {
+		rec, err = tx.Get(key)
+		return err
+	})
+	if err != nil {
+		return snapshots.Usage{}, err
+	}
+	if rec.Kind != snapshots.KindActive {
+		return rec.Usage, nil
+	}
+	u, err := diskUsage(ctx, s.layout.fs(rec.ID))
+	if err != nil {
+		return snapshots.Usage{}, fmt.Errorf("measure usage of %q: %w", key, err)
+	}
+	return u, nil
+}
+
+// Mounts returns the mounts of an active snapshot or view.
+func (s *snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, error) {
+	var ms []mount.Mount
+	err := s.db.View(func(tx *metadata.Tx) error {
+		rec, err := tx.Get(key)
+		if err != nil {
+			return err
+		}
+		if rec.Kind != snapshots.KindActive && rec.Kind != snapshots.KindView {
+			return fmt.Errorf("snapshot %q is %v; only active snapshots and views have mounts: %w", key, rec.Kind, errdefs.ErrFailedPrecondition)
+		}
+		chain, err := tx.Chain(rec)
+		if err != nil {
+			return err
+		}
+		ms = s.mounts(rec, chain)
+		return nil
+	})
+	return ms, err
+}
+
+// Prepare creates an active snapshot on parent.
+func (s *snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	return s.create(ctx, snapshots.KindActive, key, parent, opts)
+}
+
+// View creates a read-only view of parent.
+func (s *snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	return s.create(ctx, snapshots.KindView, key, parent, opts)
+}
+
+func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
+	if err := validateKey("key", key); err != nil {
+		return nil, err
+	}
+	if parent != "" {
+		if err := validateKey("parent", parent); err != nil {
+			return nil, err
+		}
+	}
+	info, err := applyOpts(opts)
+	if err != nil {
+		return nil, err
+	}
+
+	// undo reverses, newest first, what the transaction did on disk when
+	// the transaction does not commit.
+	var undo []func() error
+	defer func() {
+		if err == nil {
+			return
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			if uerr := undo[i](); uerr != nil {
+				log.G(ctx).WithError(uerr).WithField("key", key).Error("failed to undo a snapshot that was not created; Cleanup will retry")
+			}
+		}
+	}()
+
+	var ms []mount.Mount
+	err = s.db.Update(func(tx *metadata.Tx) error {
+		link, err := newLinkName(tx)
+		if err != nil {
+			return err
+		}
+		rec, err := tx.Create(metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels, Link: link})
+		if err != nil {
+			return err
+		}
+		chain, err := tx.Chain(rec)
+		if err != nil {
+			return err
+		}
+		ms = s.mounts(rec, chain)
+		if err := mounts.Check(ms); err != nil {
+			return fmt.Errorf("snapshot %q on %q: %w", key, parent, err)
+		}
+
+		td, err := s.layout.tempDir()
+		if err != nil {
+			return fmt.Errorf("create snapshot directory: %w", err)
+		}
+		undo = append(undo, func() error { return os.RemoveAll(td) })
+		if err := populate(td, kind, chain, s.layout); err != nil {
+			return err
+		}
+		if err := s.layout.makeLink(rec.Link, rec.ID); err != nil {
+			return fmt.Errorf("create layer link: %w", err)
+		}
+		undo = append(undo, func() error { return os.Remove(s.layout.link(rec.Link)) })
+		dir := s.layout.dir(rec.ID)
+		if err := os.Rename(td, dir); err != nil {
+			return fmt.Errorf("move snapshot directory into place: %w", err)
+		}
+		undo = append(undo, func() error { return os.RemoveAll(dir) })
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ms, nil
+}
+
+// populate fills a new snapshot's temporary directory: fs, owned like the
+// parent's root so the merged root keeps its owner, and work for an active
+// snapshot.
+func populate(td string, kind snapshots.Kind, chain []metadata.Snapshot, l layout) error {
+	fsDir := filepath.Join(td, "fs")
+	if err := os.Mkdir(fsDir, 0o755); err != nil {
+		return err
+	}
+	if kind == snapshots.KindActive {
+		if err := os.Mkdir(filepath.Join(td, "work"), 0o711); err != nil {
+			return err
+		}
+	}
+	if len(chain) > 0 {
+		fi, err := os.Stat(l.fs(chain[0].ID))
+		if err != nil {
+			return fmt.Errorf("stat parent layer %q: %w", chain[0].Key, err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if err := os.Lchown(fsDir, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("chown snapshot root: %w", err)
+		}
+	}
+	return nil
+}
+
+func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) []mount.Mount {
+	parents := make([]mounts.Layer, len(chain))
+	for i, p := range chain {
+		parents[i] = mounts.Layer{Dir: s.layout.fs(p.ID), Link: s.layout.link(p.Link)}
+	}
+	return mounts.For(mounts.Request{
+		Writable: rec.Kind == snapshots.KindActive,
+		Self:     mounts.Layer{Dir: s.layout.fs(rec.ID), Link: s.layout.link(rec.Link)},
+		WorkDir:  s.layout.work(rec.ID),
+		Parents:  parents,
+		Options:  s.options,
+	})
+}
+
+// Commit turns the active snapshot key into the committed snapshot name. Its
+// usage is measured once, here, outside the write transaction, and stored.
+func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snapshots.Opt) error {
+	if err := validateKey("name", name); err != nil {
+		return err
+	}
+	if err := validateKey("key", key); err != nil {
+		return err
+	}
+	base, err := applyOpts(opts)
+	if err != nil {
+		return err
+	}
+	var rec metadata.Snapshot
+	err = s.db.View(func(tx *metadata.Tx) (err error) {
+		if rec, err = tx.Get(key); err != nil {
+			return err
+		}
+		if rec.Kind != snapshots.KindActive {
+			return fmt.Errorf("snapshot %q is %v, not active: %w", key, rec.Kind, errdefs.ErrFailedPrecondition)
+		}
+		if _, err := tx.Get(name); err == nil {
+			return fmt.Errorf("snapshot %q: %w", name, errdefs.ErrAlreadyExists)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	usage, err := diskUsage(ctx, s.layout.fs(rec.ID))
+	if err != nil {
+		return fmt.Errorf("measure usage of %q: %w", key, err)
+	}
+	return s.db.Update(func(tx *metadata.Tx) error {
+		_, err := tx.Commit(key, name, rec.ID, usage, base)
+		return err
+	})
+}
+
+// Remove forgets the snapshot key and deletes its files, in the background
+// unless configured with WithSyncRemove.
+func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
+	if err := validateKey("key", key); err != nil {
+		return err
+	}
+	var (
+		rec     metadata.Snapshot
+		moved   bool
+		dir     string
+		removed string
+	)
+	err = s.db.Update(func(tx *metadata.Tx) (err error) {
+		if rec, err = tx.Remove(key); err != nil {
+			return err
+		}
+		dir, removed = s.layout.dir(rec.ID), s.layout.removing(rec.ID)
+		if err := os.Rename(dir, removed); err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("move directory of %q out of the way: %w", key, err)
+			}
+			log.G(ctx).WithField("key", key).WithField("path", dir).Warn("removed snapshot had no directory")
+			removed = ""
+			return nil
+		}
+		moved = true
+		return nil
+	})
+	if err != nil {
+		if moved {
+			// The rename was the transaction's last step, so only the
+			// commit failed: put the directory back.
+			if rerr := os.Rename(removed, dir); rerr != nil {
+				log.G(ctx).WithError(rerr).WithField("key", key).Error("failed to restore directory of a snapshot whose removal did not commit")
+			}
+		}
+		return err
+	}
+	if err := os.Remove(s.layout.link(rec.Link)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).WithField("key", key).Warn("failed to remove layer link; Cleanup will retry")
+	}
+	if removed != "" {
+		s.delete(ctx, removed)
+	}
+	return nil
+}
+
+// delete removes dir, now or in the background. Failures are logged, not
+// returned: the snapshot is already gone from the index, and Cleanup retries.
+func (s *snapshotter) delete(ctx context.Context, dir string) {
+	if s.syncRemove {
+		s.deleteNow(ctx, dir)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return // left for the reconciliation at next start
+	}
+	s.removing[dir] = true
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.deleteNow(context.WithoutCancel(ctx), dir)
+		s.mu.Lock()
+		delete(s.removing, dir)
+		s.mu.Unlock()
+	}()
+}
+
+func (s *snapshotter) deleteNow(ctx context.Context, dir string) {
+	logger := log.G(ctx).WithField("path", dir)
+	points, err := mounts.MountedUnder(dir)
+	if err != nil {
+		logger.WithError(err).Warn("not deleting directory: cannot tell whether something is mounted in it")
+		return
+	}
+	if len(points) > 0 {
+		logger.WithField("mountpoints", points).Error("not deleting directory: something is still mounted in it")
+		return
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		logger.WithError(err).Warn("failed to delete directory; Cleanup will retry")
+	}
+}
+
+// Walk calls fn for every snapshot matching all of the filters, given in
+// containerd's filter syntax over name, parent, kind and labels.KEY.
+func (s *snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...string) error {
+	filter, err := filters.ParseAll(fs...)
+	if err != nil {
+		return err
+	}
+	// Collect first and call fn outside the transaction: fn may call back
+	// into the snapshotter, and a read transaction held across a caller's
+	// work would block the writer's remapping of the file.
+	var matched []snapshots.Info
+	err = s.db.View(func(tx *metadata.Tx) error {
+		return tx.Walk(func(rec metadata.Snapshot) error {
+			if info := rec.Info(); filter.Match(adaptInfo(info)) {
+				matched = append(matched, info)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	for _, info := range matched {
+		if err := fn(ctx, info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Cleanup deletes every directory and link under the root that no snapshot
+// owns: leftovers of removals and of operations interrupted by a crash.
+func (s *snapshotter) Cleanup(ctx context.Context) error {
+	var dirs, links []string
+	// A write transaction keeps Prepare and Remove, which create and move
+	// directories inside theirs, out while the disk is compared to the index.
+	err := s.db.Update(func(tx *metadata.Tx) error {
+		var err error
+		dirs, links, err = s.unowned(tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.G(ctx).WithError(err).WithField("path", l).Warn("failed to remove unowned link")
+		}
+	}
+	for _, d := range dirs {
+		log.G(ctx).WithField("path", d).Debug("deleting unowned directory")
+		s.deleteNow(ctx, d)
+	}
+	return nil
+}
+
+func (s *snapshotter) unowned(tx *metadata.Tx) (dirs, links []string, err error) {
+	ids := tx.IDs()
+	entries, err := os.ReadDir(s.layout.snapshotsRoot())
+	if err != nil {
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range entries {
+		p := filepath.Join(s.layout.snapshotsRoot(), e.Name())
+		if id, ok := idOfDir(e.Name()); ok && ids[id] && p == s.layout.dir(id) {
+			continue
+		}
+		if s.removing[p] {
+			continue
+		}
+		dirs = append(dirs, p)
+	}
+	owned := tx.Links()
+	entries, err = os.ReadDir(s.layout.linksRoot())
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range entries {
+		if _, ok := owned[e.Name()]; !ok {
+			links = append(links, s.layout.link(e.Name()))
+		}
+	}
+	return dirs, links, nil
+}
+
+// reconcile runs at start, before anything is served.
+func (s *snapshotter) reconcile(ctx context.Context) error {
+	entries, err := os.ReadDir(s.layout.snapshotsRoot())
+	if err != nil {
+		return err
+	}
+	var highest uint64
+	for _, e := range entries {
+		if id, ok := idOfDir(e.Name()); ok && id > highest {
+			highest = id
+		}
+	}
+	var missing []string
+	err = s.db.Update(func(tx *metadata.Tx) error {
+		// A directory left by a transaction that never committed may
+		// carry an id the index would hand out again: skip past it.
+		if err := tx.ReserveIDsThrough(highest); err != nil {
+			return err
+		}
+		return tx.Walk(func(rec metadata.Snapshot) error {
+			if _, err := os.Stat(s.layout.fs(rec.ID)); err != nil {
+				missing = append(missing, rec.Key)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("reconcile index with disk: %w", err)
+	}
+	for _, key := range missing {
+		log.G(ctx).WithField("key", key).Error("snapshot's directory is missing; its contents are lost")
+	}
+	return s.Cleanup(ctx)
+}
+
+// warnIfDeepChainsCannotMount tells the operator at start when the root path
+// is so long that a chain of mounts.MaxLowerDirs layers would not fit in
+// mount(2)'s page, instead of leaving them to find out from a failed Prepare.
+func (s *snapshotter) warnIfDeepChainsCannotMount(ctx context.Context) {
+	worst := ^uint64(0) // the longest id
+	parents := make([]mounts.Layer, mounts.MaxLowerDirs)
+	for i := range parents {
+		parents[i] = mounts.Layer{Dir: s.layout.fs(worst), Link: s.layout.link(strings.Repeat("X", linkLen))}
+	}
+	ms := mounts.For(mounts.Request{
+		Writable: true,
+		Self:     mounts.Layer{Dir: s.layout.fs(worst)},
+		WorkDir:  s.layout.work(worst),
+		Parents:  parents,
+		Options:  s.options,
+	})
+	if err := mounts.Check(ms); err != nil {
+		log.G(ctx).WithError(err).WithField("root", s.layout.root).Warn("deepest chains will not mount under this root")
+	}
+}
+
+// Close waits for background deletions and closes the index. It may be
+// called more than once.
+func (s *snapshotter) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.wg.Wait()
+	return s.db.Close()
+}
