@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/sirupsen/logrus"
+)
+
+// Defaults, also documented in config.toml.example.
+const (
+	defaultConfigPath = "/etc/strata/config.toml"
+	defaultRoot       = "/var/lib/strata"
+	defaultAddress    = "/run/strata/strata.sock"
+)
+
+// Config is the daemon's configuration: built-in defaults, then the TOML
+// file, then command-line flags, then validated once.
+type Config struct {
+	// Root is the directory holding snapshots and the index.
+	Root string `toml:"root"`
+	// Address is the unix socket serving containerd's Snapshots API.
+	Address string `toml:"address"`
+	// LogLevel is one of trace, debug, info, warn, error, fatal, panic.
+	LogLevel string `toml:"log_level"`
+	// SyncRemove deletes a removed snapshot's files before Remove returns.
+	SyncRemove bool `toml:"sync_remove"`
+	// MountOptions are added to every overlay mount.
+	MountOptions []string `toml:"mount_options"`
+	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
+	ShutdownTimeout duration `toml:"shutdown_timeout"`
+}
+
+// duration is a time.Duration written in TOML as a string such as "10s".
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+func defaultConfig() Config {
+	return Config{
+		Root:            defaultRoot,
+		Address:         defaultAddress,
+		LogLevel:        "info",
+		ShutdownTimeout: duration{10 * time.Second},
+	}
+}
+
+// loadFile reads path over cfg. A missing file is an error only when the
+// user named it; unknown keys are always an error, naming the key.
+func loadFile(cfg *Config, path string, named bool) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !named {
+			return nil
+		}
+		return fmt.Errorf("read config: %w", err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			var keys []string
+			for _, e := range strict.Errors {
+				keys = append(keys, strings.Join(e.Key(), "."))
+			}
+			return fmt.Errorf("config %s: unknown key(s) %s", path, strings.Join(keys, ", "))
+		}
+		var derr *toml.DecodeError
+		if errors.As(err, &derr) {
+			row, col := derr.Position()
+			return fmt.Errorf("config %s:%d:%d: %v", path, row, col, derr)
+		}
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// validate checks cfg once every source has been applied.
+func (c *Config) validate() error {
+	if c.Root == "" || !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("root: %q must be an absolute path", c.Root)
+	}
+	if c.Address == "" || !filepath.IsAbs(c.Address) {
+		return fmt.Errorf("address: %q must be an absolute path to a unix socket", c.Address)
+	}
+	// sun_path holds 108 bytes including the terminating NUL.
+	if len(c.Address) > 107 {
+		return fmt.Errorf("address: %q is %d bytes; a unix socket path must be at most 107", c.Address, len(c.Address))
+	}
+	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
+		return fmt.Errorf("log_level: %q is not one of trace, debug, info, warn, error, fatal, panic", c.LogLevel)
+	}
+	for _, o := range c.MountOptions {
+		if err := validateMountOption(o); err != nil {
+			return fmt.Errorf("mount_options: %w", err)
+		}
+	}
+	if c.ShutdownTimeout.Duration < 0 {
+		return fmt.Errorf("shutdown_timeout: %v must not be negative", c.ShutdownTimeout)
+	}
+	return nil
+}
+
+// validateMountOption refuses options that cannot be passed on: empty ones,
+// ones that would split into several, and the directories strata sets itself.
+// Whether the kernel accepts an option is checked at start by a probe mount.
+func validateMountOption(o string) error {
+	if o == "" {
+		return errors.New("empty option")
+	}
+	if strings.ContainsAny(o, ", \t\n\x00") {
+		return fmt.Errorf("%q: an option must not contain commas, spaces or NUL", o)
+	}
+	key, _, _ := strings.Cut(o, "=")
+	switch key {
+	case "lowerdir", "upperdir", "workdir", "datadir", "lowerdir+":
+		return fmt.Errorf("%q: strata sets %s itself", o, key)
+	}
+	return nil
+}
