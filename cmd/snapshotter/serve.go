@@ -13,6 +13,7 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
@@ -53,7 +54,7 @@ func serve(ctx context.Context, cfg Config) error {
 		}
 	}()
 
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.StreamInterceptor(streamErrorsToGRPC))
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 
 	served := make(chan error, 1)
@@ -79,6 +80,14 @@ func serve(ctx context.Context, cfg Config) error {
 		<-stopped
 	}
 	return nil
+}
+
+// streamErrorsToGRPC gives streaming calls the error codes unary calls get:
+// snapshotservice's List returns the snapshotter's Walk error unconverted,
+// so a bad filter would otherwise reach clients as Unknown instead of
+// InvalidArgument.
+func streamErrorsToGRPC(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return errgrpc.ToGRPC(handler(srv, ss))
 }
 
 // listen creates the socket at address: its directory 0700, the socket 0600.
