@@ -1,0 +1,346 @@
+package snapshotter
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
+)
+
+func newTestSnapshotter(t *testing.T, opts ...Opt) (*snapshotter, string) {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	root := t.TempDir()
+	sn, err := New(context.Background(), root, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sn.Close() })
+	return sn.(*snapshotter), root
+}
+
+// commitLayer prepares key on parent, writes files into it through its
+// mount, and commits it as name.
+func commitLayer(t *testing.T, sn snapshots.Snapshotter, name, parent string, files map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	ms, err := sn.Prepare(ctx, name+"-active", parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, ms, func(dir string) {
+		for p, content := range files {
+			if err := os.WriteFile(filepath.Join(dir, p), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if err := sn.Commit(ctx, name, name+"-active"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func withMount(t *testing.T, ms []mount.Mount, fn func(dir string)) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := mount.All(ms, dir); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := mount.UnmountAll(dir, 0); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	fn(dir)
+}
+
+// TestRemoveKeepsMountedDirectory: a removed snapshot whose directory still
+// has something mounted in it is forgotten, but its directory is not deleted
+// (the deletion would reach into the mounted filesystem); once unmounted,
+// Cleanup deletes it.
+func TestRemoveKeepsMountedDirectory(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithSyncRemove)
+	ctx := context.Background()
+	ms, err := sn.Prepare(ctx, "a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsDir := ms[0].Source
+	moved := sn.layout.removing(idInMount(t, ms))
+	// Something else mounted inside the snapshot's directory.
+	if err := unix.Mount("tmpfs", fsDir, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // only matters when the test fails midway
+		unix.Unmount(fsDir, unix.MNT_DETACH)
+		unix.Unmount(filepath.Join(moved, "fs"), unix.MNT_DETACH)
+	})
+	precious := filepath.Join(fsDir, "precious")
+	if err := os.WriteFile(precious, []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Remove(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.Stat(ctx, "a"); !errdefs.IsNotFound(err) {
+		t.Fatalf("removed snapshot still recorded: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(moved, "fs", "precious")); err != nil || string(b) != "keep" {
+		t.Fatalf("file in the filesystem mounted inside the snapshot: %q, %v", b, err)
+	}
+	// Cleanup leaves it too while it is mounted.
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(moved, "fs", "precious")); err != nil {
+		t.Fatalf("Cleanup deleted into a mount: %v", err)
+	}
+	if err := unix.Unmount(filepath.Join(moved, "fs"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(moved); !os.IsNotExist(err) {
+		t.Fatalf("Cleanup did not delete the unmounted directory: %v", err)
+	}
+}
+
+// TestRemoveDeletesFiles: after Remove (synchronous, or background then
+// Close), neither the directory nor the link is left.
+func TestRemoveDeletesFiles(t *testing.T) {
+	for name, opts := range map[string][]Opt{"sync": {WithSyncRemove}, "async": nil} {
+		t.Run(name, func(t *testing.T) {
+			sn, root := newTestSnapshotter(t, opts...)
+			ctx := context.Background()
+			commitLayer(t, sn, "base", "", map[string]string{"f": "x"})
+			if err := sn.Remove(ctx, "base"); err != nil {
+				t.Fatal(err)
+			}
+			if err := sn.Close(); err != nil { // waits for background deletion
+				t.Fatal(err)
+			}
+			if got := entries(t, root); got != "" {
+				t.Fatalf("left after Remove: %s", got)
+			}
+		})
+	}
+}
+
+// TestFailedPrepareLeavesNothing: a Prepare that fails after its directory
+// was begun leaves no directory, link or record.
+func TestFailedPrepareLeavesNothing(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"f": "x"})
+	// Lose the parent's files: populating the child (which copies the
+	// owner of the parent's root) fails midway.
+	if err := os.Rename(sn.layout.fs(firstID(t, sn)), filepath.Join(root, "lost")); err != nil {
+		t.Fatal(err)
+	}
+	before := entries(t, root)
+	if _, err := sn.Prepare(ctx, "child", "base"); err == nil {
+		t.Fatal("Prepare on a parent without files succeeded")
+	}
+	if after := entries(t, root); after != before {
+		t.Fatalf("failed Prepare left:\nbefore %s\nafter  %s", before, after)
+	}
+	if _, err := sn.Stat(ctx, "child"); !errdefs.IsNotFound(err) {
+		t.Fatalf("failed Prepare recorded the snapshot: %v", err)
+	}
+}
+
+func firstID(t *testing.T, sn *snapshotter) uint64 {
+	t.Helper()
+	es, err := os.ReadDir(sn.layout.snapshotsRoot())
+	if err != nil || len(es) == 0 {
+		t.Fatalf("no snapshot directory: %v", err)
+	}
+	id, ok := idOfDir(es[0].Name())
+	if !ok {
+		t.Fatalf("unexpected entry %s", es[0].Name())
+	}
+	return id
+}
+
+// TestCleanupAndStartRemoveLeftovers: directories and links no snapshot owns
+// (a half-built temporary directory, a removal interrupted by a crash, a
+// directory of an unrecorded id, a dangling link) are removed by Cleanup and
+// at start; owned ones stay.
+func TestCleanupAndStartRemoveLeftovers(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"f": "x"})
+	owned := entries(t, root)
+
+	plant := func() {
+		for _, d := range []string{"new-123/fs", "rm-77/fs", "4242/fs"} {
+			if err := os.MkdirAll(filepath.Join(root, snapshotsDir, d), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.Symlink("../snapshots/4242/fs", filepath.Join(root, linksDir, "ZZZZZZ")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plant()
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := entries(t, root); got != owned {
+		t.Fatalf("after Cleanup: %s\nwant %s", got, owned)
+	}
+
+	plant()
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := New(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if got := entries(t, root); got != owned {
+		t.Fatalf("after restart: %s\nwant %s", got, owned)
+	}
+	// And a new snapshot never reuses the leftover's id.
+	ms, err := again.Prepare(ctx, "next", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := idInMount(t, ms); id <= 4242 {
+		t.Fatalf("new snapshot got id %d, reusing a leftover's range", id)
+	}
+}
+
+// TestCommittedUsageIsStored: Usage of a committed snapshot is what Commit
+// measured; it does not walk the layer again.
+func TestCommittedUsageIsStored(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := context.Background()
+	ms, err := sn.Prepare(ctx, "a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := strings.Repeat("d", 64<<10)
+	withMount(t, ms, func(dir string) {
+		if err := os.WriteFile(filepath.Join(dir, "data"), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	activeUsage, err := sn.Usage(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The root directory and the file; at least the file's bytes.
+	if activeUsage.Inodes != 2 || activeUsage.Size < int64(len(data)) {
+		t.Fatalf("active usage %+v, want 2 inodes and at least %d bytes", activeUsage, len(data))
+	}
+	if err := sn.Commit(ctx, "c", "a"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := sn.Usage(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u != activeUsage {
+		t.Fatalf("committed usage %+v, want what was measured at commit %+v", u, activeUsage)
+	}
+	// Grow the layer behind strata's back: the stored figure stands.
+	if err := os.WriteFile(filepath.Join(ms[0].Source, "extra"), []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := sn.Usage(ctx, "c"); again != u {
+		t.Fatalf("committed usage changed to %+v: it was walked again", again)
+	}
+}
+
+// TestCommitRebase: an active snapshot prepared without a parent can be
+// committed onto one (WithParent), as containerd's parallel unpack does; the
+// result stacks both layers.
+func TestCommitRebase(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"base-file": "b"})
+	ms, err := sn.Prepare(ctx, "top-active", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, ms, func(dir string) {
+		if err := os.WriteFile(filepath.Join(dir, "top-file"), []byte("t"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if err := sn.Commit(ctx, "top", "top-active", snapshots.WithParent("base")); err != nil {
+		t.Fatal(err)
+	}
+	info, err := sn.Stat(ctx, "top")
+	if err != nil || info.Parent != "base" {
+		t.Fatalf("rebased snapshot: %+v, %v; want parent base", info, err)
+	}
+	if err := sn.Remove(ctx, "base"); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("removing the new parent: %v, want FailedPrecondition", err)
+	}
+	view, err := sn.View(ctx, "v", "top")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, view, func(dir string) {
+		for _, f := range []string{"base-file", "top-file"} {
+			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+				t.Errorf("%s not visible in the rebased chain: %v", f, err)
+			}
+		}
+	})
+}
+
+// TestMountsShapes: the mount strata returns for each kind of snapshot.
+func TestMountsShapes(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "l1", "", nil)
+	commitLayer(t, sn, "l2", "l1", nil)
+	for _, tc := range []struct {
+		name, parent string
+		view         bool
+		typ          string
+		options      []string
+	}{
+		{"active-no-parent", "", false, "bind", []string{"rw", "rbind"}},
+		{"view-no-parent", "", true, "bind", []string{"ro", "rbind"}},
+		{"view-one-layer", "l1", true, "bind", []string{"ro", "rbind"}},
+		{"active-one-layer", "l1", false, "overlay", []string{"workdir=", "upperdir=", "lowerdir=" + root + "/l/", "index=off"}},
+		{"view-two-layers", "l2", true, "overlay", []string{"lowerdir=" + root + "/l/", "index=off"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			create := sn.Prepare
+			if tc.view {
+				create = sn.View
+			}
+			ms, err := create(ctx, tc.name, tc.parent)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ms) != 1 || ms[0].Type != tc.typ || len(ms[0].Options) != len(tc.options) {
+				t.Fatalf("got %+v, want one %s mount with options like %v", ms, tc.typ, tc.options)
+			}
+			for i, want := range tc.options {
+				if !strings.HasPrefix(ms[0].Options[i], want) {
+					t.Errorf("option %d is %q, want %q…", i, ms[0].Options[i], want)
+				}
+			}
+			again, err := sn.Mounts(ctx, tc.name)
+			if err != nil || len(again) != 1 || strings.Join(again[0].Options, ",") != strings.Join(ms[0].Options, ",") {
+				t.Fatalf("Mounts differs from what %s returned: %+v, %v", tc.name, again, err)
+			}
+		})
+	}
+}
