@@ -1,0 +1,348 @@
+package metadata
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+)
+
+func openTest(t *testing.T) (*DB, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "metadata.db")
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, path
+}
+
+func create(t *testing.T, db *DB, key, parent string, kind snapshots.Kind) Snapshot {
+	t.Helper()
+	var s Snapshot
+	err := db.Update(func(tx *Tx) (err error) {
+		s, err = tx.Create(NewSnapshot{Key: key, Kind: kind, Parent: parent, Link: "L" + key})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("create %s: %v", key, err)
+	}
+	return s
+}
+
+func commit(t *testing.T, db *DB, key, name string) Snapshot {
+	t.Helper()
+	var s Snapshot
+	err := db.Update(func(tx *Tx) error {
+		a, err := tx.Get(key)
+		if err != nil {
+			return err
+		}
+		s, err = tx.Commit(key, name, a.ID, snapshots.Usage{Size: 4096, Inodes: 3}, snapshots.Info{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("commit %s: %v", key, err)
+	}
+	return s
+}
+
+// TestSchemaVersion: a new file records the current version; a file written
+// by a newer strata is refused with a message saying so.
+func TestSchemaVersion(t *testing.T) {
+	db, path := openTest(t)
+	if err := db.View(func(tx *Tx) error {
+		if v := tx.SchemaVersion(); v != SchemaVersion {
+			t.Errorf("recorded schema %d, want %d", v, SchemaVersion)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	// Reopening the current version works.
+	db, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	// Stamp the file as a future version, as a newer strata would.
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Update(func(tx *bolt.Tx) error {
+		var v [4]byte
+		binary.BigEndian.PutUint32(v[:], SchemaVersion+1)
+		return tx.Bucket(bucketRoot).Put(keySchema, v[:])
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	_, err = Open(context.Background(), path)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "newer strata") {
+		t.Fatalf("opening a newer schema: %v, want FailedPrecondition saying it is newer", err)
+	}
+}
+
+// TestSecondOpenRefused: bolt's lock keeps a second process (here, a second
+// Open) out with a clear error instead of a hang.
+func TestSecondOpenRefused(t *testing.T) {
+	_, path := openTest(t)
+	_, err := Open(context.Background(), path)
+	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+		t.Fatalf("second open: %v", err)
+	}
+}
+
+// TestIndexes: ids, children and links follow every create, commit and
+// remove.
+func TestIndexes(t *testing.T) {
+	db, _ := openTest(t)
+	create(t, db, "base-a", "", snapshots.KindActive)
+	base := commit(t, db, "base-a", "base")
+	c1 := create(t, db, "c1", "base", snapshots.KindActive)
+	v1 := create(t, db, "v1", "base", snapshots.KindView)
+
+	err := db.View(func(tx *Tx) error {
+		kids := tx.Children(base.ID)
+		sort.Strings(kids)
+		if fmt.Sprint(kids) != "[c1 v1]" {
+			t.Errorf("children of base: %v", kids)
+		}
+		if got, err := tx.GetByID(c1.ID); err != nil || got.Key != "c1" {
+			t.Errorf("by id %d: %+v, %v", c1.ID, got, err)
+		}
+		links := tx.Links()
+		if links["Lbase-a"] != base.ID || links["Lc1"] != c1.ID || links["Lv1"] != v1.ID {
+			t.Errorf("links: %v", links)
+		}
+		if got, _ := tx.Get("base"); got.Usage != (snapshots.Usage{Size: 4096, Inodes: 3}) || got.Kind != snapshots.KindCommitted {
+			t.Errorf("committed record: %+v", got)
+		}
+		if _, err := tx.Get("base-a"); !errdefs.IsNotFound(err) {
+			t.Errorf("active key still there after commit: %v", err)
+		}
+		chain, err := tx.Chain(c1)
+		if err != nil || len(chain) != 1 || chain[0].Key != "base" {
+			t.Errorf("chain of c1: %+v, %v", chain, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Remove: refused with children, then index entries go with each.
+	err = db.Update(func(tx *Tx) error {
+		_, err := tx.Remove("base")
+		return err
+	})
+	if !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("remove with children: %v", err)
+	}
+	for _, k := range []string{"c1", "v1", "base"} {
+		if err := db.Update(func(tx *Tx) error { _, err := tx.Remove(k); return err }); err != nil {
+			t.Fatalf("remove %s: %v", k, err)
+		}
+	}
+	err = db.View(func(tx *Tx) error {
+		if len(tx.IDs()) != 0 || len(tx.Links()) != 0 || len(tx.Children(base.ID)) != 0 {
+			t.Errorf("indexes not empty: ids %v links %v children %v", tx.IDs(), tx.Links(), tx.Children(base.ID))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestErrorKinds: each misuse gets the errdefs kind clients act on.
+func TestErrorKinds(t *testing.T) {
+	db, _ := openTest(t)
+	create(t, db, "base-a", "", snapshots.KindActive)
+	commit(t, db, "base-a", "base")
+	active := create(t, db, "active", "base", snapshots.KindActive)
+	create(t, db, "view", "base", snapshots.KindView)
+
+	for _, tc := range []struct {
+		name string
+		fn   func(tx *Tx) error
+		is   func(error) bool
+	}{
+		{"create existing", func(tx *Tx) error {
+			_, err := tx.Create(NewSnapshot{Key: "active", Kind: snapshots.KindActive, Link: "new"})
+			return err
+		}, errdefs.IsAlreadyExists},
+		{"create with used link", func(tx *Tx) error {
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Link: "Lactive"})
+			return err
+		}, errdefs.IsAlreadyExists},
+		{"create committed kind", func(tx *Tx) error {
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindCommitted, Link: "new"})
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"create on missing parent", func(tx *Tx) error {
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "nope", Link: "new"})
+			return err
+		}, errdefs.IsNotFound},
+		{"create on active parent", func(tx *Tx) error {
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "active", Link: "new"})
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"commit a view", func(tx *Tx) error {
+			v, _ := tx.Get("view")
+			_, err := tx.Commit("view", "n", v.ID, snapshots.Usage{}, snapshots.Info{})
+			return err
+		}, errdefs.IsFailedPrecondition},
+		{"commit with stale id", func(tx *Tx) error {
+			_, err := tx.Commit("active", "n", active.ID+100, snapshots.Usage{}, snapshots.Info{})
+			return err
+		}, errdefs.IsFailedPrecondition},
+		{"commit onto existing name", func(tx *Tx) error {
+			_, err := tx.Commit("active", "base", active.ID, snapshots.Usage{}, snapshots.Info{})
+			return err
+		}, errdefs.IsAlreadyExists},
+		{"commit changing parent", func(tx *Tx) error {
+			_, err := tx.Commit("active", "n", active.ID, snapshots.Usage{}, snapshots.Info{Parent: "other"})
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"update immutable field", func(tx *Tx) error {
+			_, err := tx.Update(snapshots.Info{Name: "base"}, "parent")
+			return err
+		}, errdefs.IsInvalidArgument},
+		{"get missing", func(tx *Tx) error { _, err := tx.Get("nope"); return err }, errdefs.IsNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := db.Update(tc.fn)
+			if !tc.is(err) {
+				t.Fatalf("got %v", err)
+			}
+		})
+	}
+}
+
+// TestUpdateLabels follows containerd's fieldpath rules.
+func TestUpdateLabels(t *testing.T) {
+	db, _ := openTest(t)
+	err := db.Update(func(tx *Tx) error {
+		_, err := tx.Create(NewSnapshot{Key: "a", Kind: snapshots.KindActive, Link: "La", Labels: map[string]string{"keep": "1", "drop": "2"}})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	update := func(info snapshots.Info, paths ...string) map[string]string {
+		t.Helper()
+		var s Snapshot
+		if err := db.Update(func(tx *Tx) (err error) { s, err = tx.Update(info, paths...); return err }); err != nil {
+			t.Fatal(err)
+		}
+		var again Snapshot
+		db.View(func(tx *Tx) (err error) { again, err = tx.Get("a"); return err })
+		if fmt.Sprint(again.Labels) != fmt.Sprint(s.Labels) {
+			t.Fatalf("returned %v but stored %v", s.Labels, again.Labels)
+		}
+		return s.Labels
+	}
+	if got := update(snapshots.Info{Name: "a", Labels: map[string]string{"new": "3"}}, "labels.new", "labels.drop"); fmt.Sprint(got) != "map[keep:1 new:3]" {
+		t.Fatalf("labels.KEY update: %v", got)
+	}
+	if got := update(snapshots.Info{Name: "a", Labels: map[string]string{"only": "4"}}); fmt.Sprint(got) != "map[only:4]" {
+		t.Fatalf("whole update: %v", got)
+	}
+}
+
+// TestConcurrentReaders: readers see a consistent index while a writer
+// commits, and never block each other (run with -race).
+func TestConcurrentReaders(t *testing.T) {
+	db, _ := openTest(t)
+	create(t, db, "base-a", "", snapshots.KindActive)
+	commit(t, db, "base-a", "base")
+	const writes = 200
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	errs := make(chan error, 16)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				err := db.View(func(tx *Tx) error {
+					// Every child listed under base must exist, with base
+					// as its parent.
+					b, err := tx.Get("base")
+					if err != nil {
+						return err
+					}
+					for _, k := range tx.Children(b.ID) {
+						c, err := tx.Get(k)
+						if err != nil || c.Parent != "base" {
+							return fmt.Errorf("child %s: %+v, %v", k, c, err)
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := range writes {
+		create(t, db, fmt.Sprintf("c%d", i), "base", snapshots.KindActive)
+		if i%2 == 0 {
+			if err := db.Update(func(tx *Tx) error { _, err := tx.Remove(fmt.Sprintf("c%d", i)); return err }); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	db.View(func(tx *Tx) error {
+		b, _ := tx.Get("base")
+		if n := len(tx.Children(b.ID)); n != writes/2 {
+			t.Fatalf("%d children, want %d", n, writes/2)
+		}
+		return nil
+	})
+}
+
+// TestReserveIDs: ids up to a reserved one are never handed out.
+func TestReserveIDs(t *testing.T) {
+	db, _ := openTest(t)
+	if err := db.Update(func(tx *Tx) error { return tx.ReserveIDsThrough(100000) }); err != nil {
+		t.Fatal(err)
+	}
+	if s := create(t, db, "a", "", snapshots.KindActive); s.ID != 100001 {
+		t.Fatalf("id %d, want 100001", s.ID)
+	}
+	// Reserving below the counter does not move it back.
+	if err := db.Update(func(tx *Tx) error { return tx.ReserveIDsThrough(5) }); err != nil {
+		t.Fatal(err)
+	}
+	if s := create(t, db, "b", "", snapshots.KindActive); s.ID != 100002 {
+		t.Fatalf("id %d, want 100002", s.ID)
+	}
+}

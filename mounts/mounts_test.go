@@ -1,0 +1,145 @@
+package mounts
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
+)
+
+// layers makes n layers under dir whose link names are 8 characters long.
+func layers(dir string, n int) []Layer {
+	ls := make([]Layer, n)
+	for i := range ls {
+		name := fmt.Sprintf("%08d", i)
+		ls[i] = Layer{Dir: filepath.Join(dir, "snapshots", name, "fs"), Link: filepath.Join(dir, "l", name)}
+	}
+	return ls
+}
+
+func TestForShapes(t *testing.T) {
+	self := Layer{Dir: "/r/snapshots/9/fs", Link: "/r/l/SELF"}
+	two := layers("/r", 2)
+	for _, tc := range []struct {
+		name string
+		req  Request
+		want mount.Mount
+	}{
+		{"active without parent", Request{Writable: true, Self: self, Options: []string{"index=off"}},
+			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"rw", "rbind"}}},
+		{"view without parent", Request{Self: self},
+			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"ro", "rbind"}}},
+		{"view of one layer", Request{Self: self, Parents: two[:1]},
+			mount.Mount{Type: "bind", Source: two[0].Dir, Options: []string{"ro", "rbind"}}},
+		{"view of two layers", Request{Self: self, Parents: two, Options: []string{"index=off"}},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=/r/l/00000000:/r/l/00000001", "index=off"}}},
+		{"active on a layer", Request{Writable: true, Self: self, WorkDir: "/r/snapshots/9/work", Parents: two[:1], Options: []string{"index=off", "userxattr"}},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"workdir=/r/snapshots/9/work", "upperdir=/r/snapshots/9/fs", "lowerdir=/r/l/00000000", "index=off", "userxattr"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := For(tc.req)
+			if len(got) != 1 || fmt.Sprint(got[0]) != fmt.Sprint(tc.want) {
+				t.Fatalf("got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestCheckLimitsLowerDirs(t *testing.T) {
+	// 500 links of 8 characters (4500 bytes) are too long for one page
+	// whatever the root; strata's 6 fit.
+	short := layers("/r", MaxLowerDirs+1)
+	for i := range short {
+		short[i].Link = short[i].Link[:len(short[i].Link)-2]
+	}
+	if err := Check(For(Request{Self: Layer{Dir: "/r/s"}, Parents: layers("/r", MaxLowerDirs)})); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "mount(2) accepts") {
+		t.Fatalf("500 lower dirs of 8-character links: %v, want FailedPrecondition about mount(2)'s limit", err)
+	}
+	ok := For(Request{Self: Layer{Dir: "/r/s"}, Parents: short[:MaxLowerDirs]})
+	if err := Check(ok); err != nil {
+		t.Fatalf("%d lower dirs: %v", MaxLowerDirs, err)
+	}
+	tooMany := For(Request{Self: Layer{Dir: "/r/s"}, Parents: short})
+	err := Check(tooMany)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "limit of 500") {
+		t.Fatalf("%d lower dirs: %v, want FailedPrecondition naming the limit", MaxLowerDirs+1, err)
+	}
+}
+
+func TestHasOption(t *testing.T) {
+	opts := []string{"index=on", "userxattr"}
+	for key, want := range map[string]bool{"index": true, "userxattr": true, "metacopy": false, "inde": false} {
+		if got := HasOption(opts, key); got != want {
+			t.Errorf("HasOption(%q) = %v", key, got)
+		}
+	}
+}
+
+// TestDataSizeMatchesKernel checks DataSize's model of containerd's mount.All
+// on the real kernel: an overlay whose option data, as DataSize counts it,
+// is exactly 4095 bytes mounts; one of 4097 is refused.
+func TestDataSizeMatchesKernel(t *testing.T) {
+	testutil.RequiresRoot(t)
+	dir := t.TempDir()
+	ls := layers(dir, MaxLowerDirs)
+	for _, l := range ls {
+		if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(l.Link), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(l.Dir, l.Link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// n lower directories, and an upper directory whose name is padded
+	// by pad bytes to tune the total to the byte.
+	request := func(n, pad int) Request {
+		return Request{
+			Writable: true,
+			Self:     Layer{Dir: filepath.Join(dir, "u", "fs"+strings.Repeat("x", pad))},
+			WorkDir:  filepath.Join(dir, "u", "w"),
+			Parents:  ls[:n],
+		}
+	}
+	for _, tc := range []struct {
+		size  int
+		mount bool
+	}{{4095, true}, {4097, false}} {
+		// The most layers that fit, then pad the rest (under 8 bytes,
+		// since each layer costs 9 once compacted).
+		n := 1
+		for n < len(ls) && DataSize(For(request(n+1, 0))[0]) <= tc.size {
+			n++
+		}
+		req := request(n, tc.size-DataSize(For(request(n, 0))[0]))
+		ms := For(req)
+		if got := DataSize(ms[0]); got != tc.size {
+			t.Fatalf("built %d bytes, want %d", got, tc.size)
+		}
+		for _, d := range []string{req.Self.Dir, req.WorkDir} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		target := t.TempDir()
+		err := mount.All(ms, target)
+		if err == nil {
+			mount.UnmountAll(target, 0)
+		}
+		if (err == nil) != tc.mount {
+			t.Fatalf("%d bytes (%d layers): mount error %v, want mounted=%v", tc.size, n, err, tc.mount)
+		}
+		if checkErr := Check(ms); (checkErr == nil) != tc.mount {
+			t.Fatalf("%d bytes: Check says %v, want ok=%v", tc.size, checkErr, tc.mount)
+		}
+		t.Logf("%d bytes of options with %d lower directories: mounted=%v", tc.size, n, err == nil)
+	}
+}
