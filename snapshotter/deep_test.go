@@ -28,6 +28,9 @@ import (
 // the paths relative; strata's short links make it fit.
 func TestDeepChain500Layers(t *testing.T) {
 	testutil.RequiresRoot(t)
+	if testing.Short() {
+		t.Skip("slow: skipped by -short (make unit)")
+	}
 	ctx := context.Background()
 	root := t.TempDir()
 

@@ -17,6 +17,9 @@ import (
 // layer) applies to strata too.
 func TestSnapshotterSuite(t *testing.T) {
 	testutil.RequiresRoot(t)
+	if testing.Short() {
+		t.Skip("slow: skipped by -short (make unit)")
+	}
 	for name, opts := range map[string][]Opt{
 		"AsyncRemove": nil,
 		"SyncRemove":  {WithSyncRemove},

@@ -15,6 +15,9 @@ import (
 // which must exit 0.
 func TestSuiteOverSocket(t *testing.T) {
 	requireRoot(t)
+	if testing.Short() {
+		t.Skip("slow: skipped by -short (make unit)")
+	}
 	testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
 		d, err := launch(t, root)
 		if err == nil {
