@@ -56,7 +56,8 @@ const openTimeout = 2 * time.Second
 
 // DB is an open index.
 type DB struct {
-	db *bolt.DB
+	db      *bolt.DB
+	created bool
 }
 
 // Open opens (creating if needed) the index at path and checks its schema.
@@ -71,41 +72,44 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		}
 		return nil, fmt.Errorf("open metadata database %s: %w", path, err)
 	}
-	if err := bdb.Update(func(tx *bolt.Tx) error { return initSchema(ctx, tx) }); err != nil {
+	var created bool
+	if err := bdb.Update(func(tx *bolt.Tx) (err error) { created, err = initSchema(ctx, tx); return err }); err != nil {
 		bdb.Close()
 		return nil, fmt.Errorf("metadata database %s: %w", path, err)
 	}
-	return &DB{db: bdb}, nil
+	return &DB{db: bdb, created: created}, nil
 }
 
-func initSchema(ctx context.Context, tx *bolt.Tx) error {
+// Created reports whether Open found no index and created an empty one.
+func (db *DB) Created() bool { return db.created }
+
+func initSchema(ctx context.Context, tx *bolt.Tx) (created bool, err error) {
 	root := tx.Bucket(bucketRoot)
 	if root != nil {
 		v := root.Get(keySchema)
 		if len(v) != 4 {
-			return fmt.Errorf("schema version record is corrupt (%d bytes): %w", len(v), errdefs.ErrDataLoss)
+			return false, fmt.Errorf("schema version record is corrupt (%d bytes): %w", len(v), errdefs.ErrDataLoss)
 		}
 		version := binary.BigEndian.Uint32(v)
 		if version > SchemaVersion {
-			return fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d: %w",
+			return false, fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d: %w",
 				version, SchemaVersion, errdefs.ErrFailedPrecondition)
 		}
 		// Older versions would be migrated here; version 1 is the first.
-		return nil
+		return false, nil
 	}
-	root, err := tx.CreateBucket(bucketRoot)
-	if err != nil {
-		return err
+	if root, err = tx.CreateBucket(bucketRoot); err != nil {
+		return false, err
 	}
 	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketLinks} {
 		if _, err := root.CreateBucket(name); err != nil {
-			return err
+			return false, err
 		}
 	}
 	var v [4]byte
 	binary.BigEndian.PutUint32(v[:], SchemaVersion)
 	log.G(ctx).WithField("schema", SchemaVersion).Debug("initialised metadata database")
-	return root.Put(keySchema, v[:])
+	return true, root.Put(keySchema, v[:])
 }
 
 // Close closes the database. It is safe to call more than once.

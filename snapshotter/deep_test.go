@@ -37,11 +37,15 @@ func TestDeepChain500Layers(t *testing.T) {
 	// A directory left by a transaction that never committed carries id
 	// 100000; at start strata skips every id up to it, so the chain's ids
 	// are all past 100000.
+	sn, err := New(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.Close()
 	if err := os.MkdirAll(filepath.Join(root, snapshotsDir, "100000", "fs"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	sn, err := New(ctx, root)
-	if err != nil {
+	if sn, err = New(ctx, root); err != nil {
 		t.Fatal(err)
 	}
 	defer sn.Close()

@@ -541,11 +541,21 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var highest uint64
+	var (
+		highest uint64
+		layers  int
+	)
 	for _, e := range entries {
-		if id, ok := idOfDir(e.Name()); ok && id > highest {
-			highest = id
+		if id, ok := idOfDir(e.Name()); ok {
+			layers++
+			highest = max(highest, id)
 		}
+	}
+	// A fresh index over existing layers means the index was lost, not
+	// that the layers are garbage: refuse rather than delete them all.
+	if s.db.Created() && layers > 0 {
+		return fmt.Errorf("the index %s is new but %s holds %d snapshot directories; restore the index or move them away: %w",
+			s.layout.dbPath(), s.layout.snapshotsRoot(), layers, errdefs.ErrFailedPrecondition)
 	}
 	var missing []string
 	err = s.db.Update(func(tx *metadata.Tx) error {
@@ -555,6 +565,14 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 			return err
 		}
 		return tx.Walk(func(rec metadata.Snapshot) error {
+			dir := s.layout.dir(rec.ID)
+			if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+				// A crash between Remove's rename and its commit: the
+				// snapshot is still recorded, so its directory goes back.
+				if rerr := os.Rename(s.layout.removing(rec.ID), dir); rerr == nil {
+					log.G(ctx).WithField("key", rec.Key).Warn("restored directory of a snapshot whose removal did not commit")
+				}
+			}
 			if _, err := os.Stat(s.layout.fs(rec.ID)); err != nil {
 				missing = append(missing, rec.Key)
 			}

@@ -344,3 +344,77 @@ func TestMountsShapes(t *testing.T) {
 		})
 	}
 }
+
+// TestLostIndexRefused: if the index is gone but layers are on disk, strata
+// refuses to start instead of treating every layer as garbage.
+func TestLostIndexRefused(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	commitLayer(t, sn, "base", "", map[string]string{"f": "x"})
+	before := entries(t, root)
+	sn.Close()
+	if err := os.Remove(filepath.Join(root, dbFile)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(context.Background(), root)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "restore the index") {
+		t.Fatalf("start with a lost index: %v, want FailedPrecondition", err)
+	}
+	if after := entries(t, root); after != before {
+		t.Fatalf("layers touched: before %s, after %s", before, after)
+	}
+}
+
+// TestInterruptedRemoveRestored: a crash after Remove moved the directory
+// aside but before its transaction committed leaves the snapshot recorded;
+// at start its directory is put back, not deleted.
+func TestInterruptedRemoveRestored(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"f": "content"})
+	id := firstID(t, sn)
+	sn.Close()
+	if err := os.Rename(sn.layout.dir(id), sn.layout.removing(id)); err != nil {
+		t.Fatal(err)
+	}
+	again, err := New(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	view, err := again.View(ctx, "v", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, view, func(dir string) {
+		if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(b) != "content" {
+			t.Fatalf("layer after restart: %q, %v", b, err)
+		}
+	})
+}
+
+// TestActiveUsageToleratesVanishingFiles: measuring an active snapshot while
+// files come and go (a running container) never fails.
+func TestActiveUsageToleratesVanishingFiles(t *testing.T) {
+	dir := t.TempDir()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			p := filepath.Join(dir, "f"+strings.Repeat("x", i%50))
+			os.WriteFile(p, []byte("x"), 0o644)
+			os.Remove(p)
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	for range 2000 {
+		if _, err := diskUsage(context.Background(), dir); err != nil {
+			t.Fatalf("usage while files vanish: %v", err)
+		}
+	}
+}
