@@ -43,16 +43,24 @@ type Request struct {
 	Parents []Layer
 	// Options are appended to overlay mounts (never to bind mounts).
 	Options []string
+	// EmptyLower, when set, makes an active snapshot without parents an
+	// overlay on this empty directory instead of a bind mount. containerd's
+	// layer applier writes whiteouts as overlay's character devices only
+	// into an overlay mount's upperdir; for a bind mount it writes none. A
+	// layer unpacked without its parent (containerd's parallel unpack,
+	// which commits it onto the parent later) needs its whiteouts kept.
+	EmptyLower string
 }
 
 // For returns the mounts for a snapshot:
 //   - no parents: a bind mount of its own directory, read-write for an active
-//     snapshot and read-only for a view;
+//     snapshot and read-only for a view; or, for an active snapshot with
+//     EmptyLower set, an overlay on that empty directory;
 //   - a view of exactly one committed layer: a read-only bind of that layer;
 //   - otherwise an overlay of the parents, with upperdir and workdir for an
 //     active snapshot.
 func For(r Request) []mount.Mount {
-	if len(r.Parents) == 0 {
+	if len(r.Parents) == 0 && !(r.Writable && r.EmptyLower != "") {
 		return []mount.Mount{bind(r.Self.Dir, r.Writable)}
 	}
 	if !r.Writable && len(r.Parents) == 1 {
@@ -61,6 +69,9 @@ func For(r Request) []mount.Mount {
 	lowers := make([]string, len(r.Parents))
 	for i, p := range r.Parents {
 		lowers[i] = p.Link
+	}
+	if len(lowers) == 0 {
+		lowers = []string{r.EmptyLower}
 	}
 	var options []string
 	if r.Writable {

@@ -33,6 +33,10 @@ func TestForShapes(t *testing.T) {
 	}{
 		{"active without parent", Request{Writable: true, Self: self, Options: []string{"index=off"}},
 			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"rw", "rbind"}}},
+		{"extraction without parent", Request{Writable: true, Self: self, WorkDir: "/r/snapshots/9/work", EmptyLower: "/r/empty", Options: []string{"index=off"}},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"workdir=/r/snapshots/9/work", "upperdir=/r/snapshots/9/fs", "lowerdir=/r/empty", "index=off"}}},
+		{"view without parent ignores EmptyLower", Request{Self: self, EmptyLower: "/r/empty"},
+			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"ro", "rbind"}}},
 		{"view without parent", Request{Self: self},
 			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"ro", "rbind"}}},
 		{"view of one layer", Request{Self: self, Parents: two[:1]},

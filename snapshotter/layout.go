@@ -19,6 +19,7 @@ import (
 //	snapshots/new-*              a snapshot being built; renamed to <id> when recorded
 //	snapshots/rm-<id>            a removed snapshot's directory awaiting deletion
 //	l/<link>                     -> ../snapshots/<id>/fs, a short name for lowerdir=
+//	empty/                       an empty lower directory for layers unpacked without their parent
 //
 // Keys never appear in a path: directories are named by id, which the index
 // hands out.
@@ -26,6 +27,7 @@ const (
 	dbFile       = "metadata.db"
 	snapshotsDir = "snapshots"
 	linksDir     = "l"
+	emptyDir     = "empty"
 	tempPrefix   = "new-"
 	removePrefix = "rm-"
 )
@@ -54,6 +56,7 @@ func (l layout) removing(id uint64) string {
 	return filepath.Join(l.snapshotsRoot(), removePrefix+strconv.FormatUint(id, 10))
 }
 func (l layout) link(name string) string { return filepath.Join(l.linksRoot(), name) }
+func (l layout) empty() string           { return filepath.Join(l.root, emptyDir) }
 func linkTarget(id uint64) string {
 	return filepath.Join("..", snapshotsDir, strconv.FormatUint(id, 10), "fs")
 }
@@ -61,7 +64,7 @@ func (l layout) tempDir() (string, error) { return os.MkdirTemp(l.snapshotsRoot(
 
 // init creates the skeleton of the layout.
 func (l layout) init() error {
-	for _, d := range []string{l.root, l.snapshotsRoot(), l.linksRoot()} {
+	for _, d := range []string{l.root, l.snapshotsRoot(), l.linksRoot(), l.empty()} {
 		if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
 			return err
 		}

@@ -314,13 +314,21 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) [
 	for i, p := range chain {
 		parents[i] = mounts.Layer{Dir: s.layout.fs(p.ID), Link: s.layout.link(p.Link)}
 	}
-	return mounts.For(mounts.Request{
+	req := mounts.Request{
 		Writable: rec.Kind == snapshots.KindActive,
 		Self:     mounts.Layer{Dir: s.layout.fs(rec.ID), Link: s.layout.link(rec.Link)},
 		WorkDir:  s.layout.work(rec.ID),
 		Parents:  parents,
 		Options:  s.options,
-	})
+	}
+	// containerd's unpacker labels the snapshots it extracts a layer into
+	// with the layer's chain id. Without a parent (parallel unpack) such a
+	// snapshot must still be an overlay, so the applier keeps the layer's
+	// whiteouts; see mounts.Request.EmptyLower.
+	if _, extracting := rec.Labels[snapshots.LabelSnapshotRef]; extracting {
+		req.EmptyLower = s.layout.empty()
+	}
+	return mounts.For(req)
 }
 
 // Commit turns the active snapshot key into the committed snapshot name. Its

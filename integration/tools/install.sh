@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs the tools the integration tests drive strata with: containerd,
+# ctr and the runc shim, a registry, nerdctl, crictl, buildkitd and buildctl,
+# built from the Go module proxy at the versions in versions.env, plus
+# Debian's runc, busybox-static and CNI plugins.
+#
+# The binaries are cached in a directory keyed on the pinned versions (and
+# this script), so only the first run builds (about 7 minutes on 2 cores).
+# Prints the bin directory on the last line of stdout.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+cache="${STRATA_TOOLS_CACHE:-/var/cache/strata-tools}"
+key="$(cat "$here/versions.env" "$here/install.sh" | sha256sum | cut -c1-16)"
+bin="$cache/$key/bin"
+
+log() { echo "install.sh: $*" >&2; }
+
+need_apt=()
+for p in $APT_PACKAGES; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+	log "apt-get install ${need_apt[*]}"
+	apt-get update -q >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >&2
+fi
+
+if [ -f "$bin/.complete" ]; then
+	log "tools cached in $bin"
+	echo "$bin"
+	exit 0
+fi
+
+log "building tools into $bin (first run only)"
+rm -rf "$cache/$key"
+mkdir -p "$bin"
+work="$(mktemp -d)"
+trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
+export GOFLAGS=-mod=mod
+export GOBIN="$bin"
+
+# Copy a module from the module cache into a writable directory.
+fetch_module() { # module@version dest
+	local dir
+	dir="$(go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	cp -r "$dir" "$2"
+	chmod -R u+w "$2"
+}
+
+log "containerd $CONTAINERD_VERSION"
+go install -tags no_btrfs \
+	"github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+	"github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" >&2
+
+log "registry $REGISTRY_VERSION"
+go install "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION" >&2
+
+log "nerdctl $NERDCTL_VERSION"
+# go install refuses nerdctl's replace directives: build the downloaded
+# module without its test-only helper and the tigron replacement.
+fetch_module "github.com/containerd/nerdctl/v2@$NERDCTL_VERSION" "$work/nerdctl"
+(
+	cd "$work/nerdctl"
+	rm -f cmd/nerdctl/helpers/testing_linux.go
+	go mod edit -dropreplace=github.com/containerd/nerdctl/mod/tigron -droprequire=github.com/containerd/nerdctl/mod/tigron
+	go build -o "$bin/nerdctl" ./cmd/nerdctl
+) >&2
+
+log "crictl $CRI_TOOLS_VERSION"
+(
+	export GONOSUMDB=sigs.k8s.io/cri-tools,k8s.io/cri-api,k8s.io/cri-client
+	go mod download "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION"
+	GOPROXY="file://$(go env GOMODCACHE)/cache/download,$(go env GOPROXY)" \
+		go install "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
+) >&2
+
+log "buildkit $BUILDKIT_VERSION"
+# go install refuses buildkit's exclude directives: build inside the module.
+fetch_module "github.com/moby/buildkit@$BUILDKIT_VERSION" "$work/buildkit"
+(
+	cd "$work/buildkit"
+	go build -o "$bin/buildkitd" ./cmd/buildkitd
+	go build -o "$bin/buildctl" ./cmd/buildctl
+) >&2
+
+touch "$bin/.complete"
+log "done"
+echo "$bin"
