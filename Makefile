@@ -4,20 +4,32 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BINARY  := bin/strata-snapshotter
 
-.PHONY: all build test unit vet clean
+PACKAGES := ./cmd/... ./metadata/... ./mounts/... ./snapshotter/...
+
+.PHONY: all build test unit integration tools vet clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BINARY) ./cmd/snapshotter
 
-# Everything: vet, then every test with the race detector, including
+# Everything: vet; every unit test with the race detector, including
 # containerd's snapshotter suite in-process and over the socket and the
-# 500-layer chain.
+# 500-layer chain; then the integration tests under a real containerd.
 test: vet
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 $(PACKAGES)
+	$(MAKE) integration
 
-# The fast subset: skips containerd's suites and the 500-layer chain.
+# strata under containerd, ctr, nerdctl, BuildKit and CRI. The first run
+# builds the tools (integration/tools/install.sh, about 7 minutes).
+integration: tools
+	$(GO) test -count=1 -timeout 45m ./integration/
+
+tools:
+	integration/tools/install.sh >/dev/null
+
+# The fast subset: skips containerd's suites, the 500-layer chain and the
+# integration tests.
 unit:
 	$(GO) test -short -count=1 ./...
 

@@ -4,8 +4,9 @@
 # built from the Go module proxy at the versions in versions.env, plus
 # Debian's runc, busybox-static and CNI plugins.
 #
-# The binaries are cached in a directory keyed on the pinned versions (and
-# this script), so only the first run builds (about 7 minutes on 2 cores).
+# The binaries are cached in a directory keyed on versions.env, so only the
+# first run builds (about 7 minutes on 2 cores). A change to how a tool is
+# built must bump BUILD_RECIPE there.
 # Prints the bin directory on the last line of stdout.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -13,7 +14,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/versions.env"
 
 cache="${STRATA_TOOLS_CACHE:-/var/cache/strata-tools}"
-key="$(cat "$here/versions.env" "$here/install.sh" | sha256sum | cut -c1-16)"
+key="$(sha256sum <"$here/versions.env" | cut -c1-16)"
 bin="$cache/$key/bin"
 
 log() { echo "install.sh: $*" >&2; }

@@ -1,0 +1,443 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the harness: it starts strata, containerd (and, for the tests
+// that need them, BuildKit) as children of the test, wired together the way
+// a node is, and tears everything down afterwards. Every daemon's root,
+// state and sockets live under one short directory per test.
+
+// namespace is the containerd namespace the tests work in; CRI uses k8s.io.
+const namespace = "strata-test"
+
+// proc is a daemon started by a test. Its output goes to a log file and is
+// watched line by line, so tests wait for what a daemon says, not for time.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+
+	mu    sync.Mutex
+	cond  *sync.Cond
+	lines []string
+	done  bool
+	err   error
+}
+
+func startProc(t testing.TB, dir, name string, args ...string) *proc {
+	t.Helper()
+	p, err := startProcErr(dir, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func startProcErr(dir, name string, args ...string) (*proc, error) {
+	p := &proc{name: name, cmd: exec.Command(args[0], args[1:]...)}
+	p.cond = sync.NewCond(&p.mu)
+	logFile, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	pr, pw := io.Pipe()
+	p.cmd.Stdout, p.cmd.Stderr = pw, pw
+	// Own process group, so a stop reaches helpers the daemon started.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			fmt.Fprintln(logFile, sc.Text())
+			p.mu.Lock()
+			p.lines = append(p.lines, sc.Text())
+			p.cond.Broadcast()
+			p.mu.Unlock()
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	go func() {
+		err := p.cmd.Wait()
+		pw.Close()
+		p.mu.Lock()
+		p.done, p.err = true, err
+		p.cond.Broadcast()
+		p.mu.Unlock()
+		logFile.Close()
+	}()
+	return p, nil
+}
+
+// waitLog blocks until the daemon prints a line containing s, failing the
+// test if it exits first or takes longer than limit.
+func (p *proc) waitLog(t testing.TB, s string, limit time.Duration) {
+	t.Helper()
+	if err := p.waitLogErr(s, limit); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *proc) waitLogErr(s string, limit time.Duration) error {
+	timer := time.AfterFunc(limit, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
+	defer timer.Stop()
+	deadline := time.Now().Add(limit)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := 0; ; {
+		for ; i < len(p.lines); i++ {
+			if strings.Contains(p.lines[i], s) {
+				return nil
+			}
+		}
+		if p.done {
+			return fmt.Errorf("%s exited (%v) before printing %q:\n%s", p.name, p.err, s, p.tail())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not print %q within %v:\n%s", p.name, s, limit, p.tail())
+		}
+		p.cond.Wait()
+	}
+}
+
+// tail is the daemon's last lines; p.mu must be held.
+func (p *proc) tail() string {
+	from := max(0, len(p.lines)-40)
+	return strings.Join(p.lines[from:], "\n")
+}
+
+// stop sends sig and waits for the daemon to exit; after limit it kills the
+// whole process group.
+func (p *proc) stop(sig syscall.Signal, limit time.Duration) error {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done {
+		return p.err
+	}
+	p.cmd.Process.Signal(sig)
+	exited := make(chan struct{})
+	go func() {
+		p.mu.Lock()
+		for !p.done {
+			p.cond.Wait()
+		}
+		p.mu.Unlock()
+		close(exited)
+	}()
+	select {
+	case <-exited:
+	case <-time.After(limit):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	}
+	return p.err
+}
+
+// Env is one node: strata and containerd wired together under Dir.
+type Env struct {
+	t          testing.TB
+	Dir        string
+	StrataRoot string
+	StrataSock string
+	Sock       string // containerd's
+	Strata     *proc
+	Containerd *proc
+	Buildkit   *proc
+	opts       EnvOptions
+}
+
+// EnvOptions vary the node's configuration.
+type EnvOptions struct {
+	// ParallelUnpack advertises strata's rebase capability to containerd
+	// and raises the unpack concurrency, so layers unpack in parallel.
+	ParallelUnpack bool
+	// CRI enables containerd's CRI plugin with strata as its snapshotter.
+	CRI bool
+}
+
+// newEnv starts strata, then containerd, and registers their teardown.
+func newEnv(t testing.TB, opts EnvOptions) *Env {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "si-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Env{
+		t:          t,
+		Dir:        dir,
+		StrataRoot: filepath.Join(dir, "strata"),
+		StrataSock: filepath.Join(dir, "strata.sock"),
+		Sock:       filepath.Join(dir, "containerd.sock"),
+		opts:       opts,
+	}
+	t.Cleanup(e.teardown)
+	// An empty config file: defaults, never the host's /etc/strata.
+	if err := os.WriteFile(filepath.Join(dir, "strata.toml"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.StartStrata()
+	e.startContainerd()
+	return e
+}
+
+// StartStrata starts strata and waits until it serves: containerd must
+// find the socket at start-up, or CRI's start-up sync times out.
+func (e *Env) StartStrata() {
+	e.t.Helper()
+	e.Strata = startProc(e.t, e.Dir, "strata", strataBinary,
+		"--root", e.StrataRoot, "--address", e.StrataSock, "--log-level", "debug",
+		"--config", filepath.Join(e.Dir, "strata.toml"))
+	e.Strata.waitLog(e.t, "strata-snapshotter serving", 30*time.Second)
+}
+
+func (e *Env) containerdConfig() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `version = 3
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"%s]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[debug]
+  level = "debug"
+
+[proxy_plugins.strata]
+  type = "snapshot"
+  address = %q
+`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "state"), criDisabled(e.opts.CRI), e.Sock, e.Sock+".ttrpc", e.StrataSock)
+	if e.opts.ParallelUnpack {
+		b.WriteString("  capabilities = [\"rebase\"]\n")
+	}
+	fmt.Fprintf(&b, `
+[plugins."io.containerd.transfer.v1.local"]
+  config_path = %q
+`, hostsDir)
+	if e.opts.ParallelUnpack {
+		b.WriteString("  max_concurrent_unpacks = 4\n")
+	}
+	b.WriteString(`
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = "linux/amd64"
+    snapshotter = "strata"
+    differ = "walking"
+`)
+	if e.opts.CRI {
+		fmt.Fprintf(&b, `
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "strata"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = %q
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = %q
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = %q
+`, hostsDir, pauseImage, filepath.Join(e.Dir, "cni"))
+	}
+	return b.String()
+}
+
+func criDisabled(enabled bool) string {
+	if enabled {
+		return ""
+	}
+	return `, "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime", "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.sandbox.controller.v1.shim"`
+}
+
+func (e *Env) startContainerd() {
+	e.t.Helper()
+	cfg := filepath.Join(e.Dir, "containerd.toml")
+	if err := os.WriteFile(cfg, []byte(e.containerdConfig()), 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	e.Containerd = startProc(e.t, e.Dir, "containerd", filepath.Join(toolsBin, "containerd"), "--config", cfg)
+	e.Containerd.waitLog(e.t, "containerd successfully booted", time.Minute)
+}
+
+// run runs a command and returns its standard output, failing the test on
+// a non-zero exit.
+func (e *Env) run(args ...string) string {
+	e.t.Helper()
+	out, err := e.try(args...)
+	if err != nil {
+		e.t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// try runs a command and returns its standard output and, on failure, an
+// error carrying its standard error.
+func (e *Env) try(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), "PATH="+toolsBin+":"+os.Getenv("PATH"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("%w; stderr:\n%s", err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+// ctr runs containerd's ctr against this node.
+func (e *Env) ctr(args ...string) string {
+	e.t.Helper()
+	return e.run(append([]string{filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", namespace}, args...)...)
+}
+
+func (e *Env) ctrArgs(args ...string) []string {
+	return append([]string{filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", namespace}, args...)
+}
+
+// nerdctl runs nerdctl against this node with strata as its snapshotter.
+func (e *Env) nerdctl(args ...string) string {
+	e.t.Helper()
+	return e.run(e.nerdctlArgs(args...)...)
+}
+
+func (e *Env) nerdctlArgs(args ...string) []string {
+	return append([]string{filepath.Join(toolsBin, "nerdctl"),
+		"--address", e.Sock, "--namespace", namespace, "--snapshotter", "strata",
+		"--data-root", filepath.Join(e.Dir, "nerdctl"), "--hosts-dir", hostsDir,
+		"--cni-path", "/usr/lib/cni", "--cni-netconfpath", filepath.Join(e.Dir, "cni"),
+	}, args...)
+}
+
+// snapshots lists strata's snapshots as ctr shows them: key -> kind.
+func (e *Env) snapshots(ns string) map[string]string {
+	e.t.Helper()
+	out := e.run(filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", ns, "snapshots", "--snapshotter", "strata", "ls")
+	m := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) >= 2 {
+			m[f[0]] = f[len(f)-1]
+		}
+	}
+	return m
+}
+
+// layerDirs lists strata's snapshot directories.
+func (e *Env) layerDirs() []string {
+	e.t.Helper()
+	es, err := os.ReadDir(filepath.Join(e.StrataRoot, "snapshots"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var names []string
+	for _, x := range es {
+		names = append(names, x.Name())
+	}
+	sort.Strings(names)
+	return names
+}
+
+// teardown kills containers before containerd, stops containerd, then
+// strata, unmounts anything left under Dir and removes it.
+func (e *Env) teardown() {
+	if e.Containerd != nil {
+		for _, ns := range []string{namespace, "k8s.io"} {
+			out, _ := e.try(filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", ns, "tasks", "ls", "-q")
+			for _, id := range strings.Fields(out) {
+				e.try(filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", ns, "tasks", "kill", "-s", "SIGKILL", id)
+				e.try(filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", ns, "tasks", "delete", "-f", id)
+			}
+		}
+		e.Containerd.stop(syscall.SIGTERM, 30*time.Second)
+	}
+	if e.Buildkit != nil {
+		e.Buildkit.stop(syscall.SIGTERM, 30*time.Second)
+	}
+	if e.Strata != nil {
+		e.Strata.stop(syscall.SIGTERM, 30*time.Second)
+	}
+	// Shims outlive containerd by design; they were killed with their
+	// tasks above, but make sure none is left holding the directory.
+	killShims(e.Dir)
+	unmountUnder(e.t, e.Dir)
+	if e.t.Failed() {
+		for _, name := range []string{"strata", "containerd", "buildkitd"} {
+			if b, err := os.ReadFile(filepath.Join(e.Dir, name+".log")); err == nil {
+				lines := strings.Split(string(b), "\n")
+				e.t.Logf("--- %s log (last lines) ---\n%s", name, strings.Join(lines[max(0, len(lines)-60):], "\n"))
+			}
+		}
+	}
+	os.RemoveAll(e.Dir)
+}
+
+// killShims kills containerd-shim processes whose command line names dir.
+func killShims(dir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte("containerd-shim")) {
+			continue
+		}
+		if bytes.Contains(b, []byte(dir)) {
+			var pid int
+			fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// unmountUnder unmounts every mount at or below dir, deepest first.
+func unmountUnder(t testing.TB, dir string) {
+	ms, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		t.Errorf("read mounts: %v", err)
+		return
+	}
+	sort.Slice(ms, func(i, j int) bool { return len(ms[i].Mountpoint) > len(ms[j].Mountpoint) })
+	for _, m := range ms {
+		if err := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", m.Mountpoint, err)
+		}
+	}
+}
+
+// freePortErr returns a loopback port nobody listens on.
+func freePortErr() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,126 @@
+// Package integration tests strata the way users reach it: through a real
+// containerd driven by ctr, nerdctl, BuildKit and CRI (crictl), with images
+// from a real registry on 127.0.0.1. It needs root; the tools are built by
+// tools/install.sh (cached after the first run).
+package integration
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	toolsBin     string // containerd, ctr, nerdctl, crictl, buildkitd, registry …
+	strataBinary string
+	registry     string // host:port of the test registry
+	hostsDir     string // containerd hosts.toml directory: the registry is plain HTTP
+	pauseImage   string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(mainWithCleanup(m))
+}
+
+func mainWithCleanup(m *testing.M) int {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Println("integration: skipped, requires root")
+		return 0
+	}
+	if testing.Short() {
+		fmt.Println("integration: skipped by -short")
+		return 0
+	}
+	work, err := os.MkdirTemp("", "strata-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(work)
+
+	if toolsBin, err = installTools(); err != nil {
+		fmt.Fprintln(os.Stderr, "install tools:", err)
+		return 1
+	}
+	strataBinary = filepath.Join(work, "strata-snapshotter")
+	if out, err := exec.Command("go", "build", "-o", strataBinary, "../cmd/snapshotter").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build strata: %v\n%s", err, out)
+		return 1
+	}
+	reg, err := startRegistry(work)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "registry:", err)
+		return 1
+	}
+	defer reg.stop(syscall.SIGTERM, 10*time.Second)
+	if err := pushTestImages(); err != nil {
+		fmt.Fprintln(os.Stderr, "push test images:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// installTools runs tools/install.sh, which builds the pinned tools once and
+// prints their directory.
+func installTools() (string, error) {
+	cmd := exec.Command("./tools/install.sh")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", err
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1], nil
+}
+
+// startRegistry runs distribution's registry on a free loopback port, and
+// writes the hosts.toml that tells containerd, ctr and nerdctl it is plain
+// HTTP.
+func startRegistry(work string) (*proc, error) {
+	port, err := freePortErr()
+	if err != nil {
+		return nil, err
+	}
+	registry = fmt.Sprintf("127.0.0.1:%d", port)
+	cfg := filepath.Join(work, "registry.yml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+`, filepath.Join(work, "registry"), registry)), 0o600); err != nil {
+		return nil, err
+	}
+	hostsDir = filepath.Join(work, "hosts")
+	if err := os.MkdirAll(filepath.Join(hostsDir, registry), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(hostsDir, registry, "hosts.toml"), []byte(fmt.Sprintf(`server = "http://%s"
+
+[host."http://%s"]
+  capabilities = ["pull", "resolve", "push"]
+  skip_verify = true
+`, registry, registry)), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := startProcErr(work, "registry", filepath.Join(toolsBin, "registry"), "serve", cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.waitLogErr("listening on", 30*time.Second); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
