@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -50,5 +49,4 @@ func TestCtr(t *testing.T) {
 	if n := len(e.layerDirs()); n != 3 {
 		t.Fatalf("strata holds %d snapshot directories, want 3: %v", n, e.layerDirs())
 	}
-	_ = filepath.Join
 }
