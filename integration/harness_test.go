@@ -314,6 +314,17 @@ func (e *Env) try(args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
+// combined runs a command and returns its standard output and error
+// interleaved, for tools that report progress on standard error.
+func (e *Env) combined(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), "PATH="+toolsBin+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // ctr runs containerd's ctr against this node.
 func (e *Env) ctr(args ...string) string {
 	e.t.Helper()
