@@ -363,10 +363,10 @@ func (e *Env) snapshots(ns string) map[string]string {
 	return m
 }
 
-// layerDirs lists strata's snapshot directories.
+// layerDirs lists strata's layer directories.
 func (e *Env) layerDirs() []string {
 	e.t.Helper()
-	es, err := os.ReadDir(filepath.Join(e.StrataRoot, "snapshots"))
+	es, err := os.ReadDir(filepath.Join(e.StrataRoot, "layers"))
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -1,9 +1,9 @@
 // Package metadata is strata's index of snapshots: a bbolt database that
 // records every snapshot's key, id, kind, parent, labels, usage and the short
-// link name its layer is mounted through.
+// name of the directory holding its layer.
 //
 // The schema is strata's own rather than containerd's core/snapshots/storage
-// so that it can hold fields that package cannot (link names, usage computed
+// so that it can hold fields that package cannot (directory names, usage computed
 // outside the write transaction) and grow with a recorded schema version.
 //
 // Layout of the file (every name below is a bolt bucket unless it is a key):
@@ -11,10 +11,10 @@
 //	strata/
 //	  schema            key: the schema version, big-endian uint32
 //	  snapshots/<key>/  one bucket per snapshot, fields below
-//	    id kind parent link created updated size inodes, labels/
+//	    id kind parent dir created updated size inodes, labels/
 //	  ids/<id>          id (big-endian uint64) -> key; its sequence hands out ids
 //	  children/<p><c>   parent id + child id (big-endian) -> child key
-//	  links/<link>      link name -> id
+//	  dirs/<dir>        directory name -> id
 //
 // Every change happens inside one bolt transaction (Update); readers use View
 // and never block the writer or each other.
@@ -45,7 +45,7 @@ var (
 	bucketSnapshots = []byte("snapshots")
 	bucketIDs       = []byte("ids")
 	bucketChildren  = []byte("children")
-	bucketLinks     = []byte("links")
+	bucketDirs      = []byte("dirs")
 	keySchema       = []byte("schema")
 )
 
@@ -101,7 +101,7 @@ func initSchema(ctx context.Context, tx *bolt.Tx) (created bool, err error) {
 	if root, err = tx.CreateBucket(bucketRoot); err != nil {
 		return false, err
 	}
-	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketLinks} {
+	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs} {
 		if _, err := root.CreateBucket(name); err != nil {
 			return false, err
 		}
@@ -138,7 +138,7 @@ type Tx struct {
 	snapshots *bolt.Bucket
 	ids       *bolt.Bucket
 	children  *bolt.Bucket
-	links     *bolt.Bucket
+	dirs      *bolt.Bucket
 }
 
 func newTx(tx *bolt.Tx) *Tx {
@@ -148,7 +148,7 @@ func newTx(tx *bolt.Tx) *Tx {
 		snapshots: root.Bucket(bucketSnapshots),
 		ids:       root.Bucket(bucketIDs),
 		children:  root.Bucket(bucketChildren),
-		links:     root.Bucket(bucketLinks),
+		dirs:      root.Bucket(bucketDirs),
 	}
 }
 

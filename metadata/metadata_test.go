@@ -30,7 +30,7 @@ func create(t *testing.T, db *DB, key, parent string, kind snapshots.Kind) Snaps
 	t.Helper()
 	var s Snapshot
 	err := db.Update(func(tx *Tx) (err error) {
-		s, err = tx.Create(NewSnapshot{Key: key, Kind: kind, Parent: parent, Link: "L" + key})
+		s, err = tx.Create(NewSnapshot{Key: key, Kind: kind, Parent: parent, Dir: "L" + key})
 		return err
 	})
 	if err != nil {
@@ -106,7 +106,7 @@ func TestSecondOpenRefused(t *testing.T) {
 	}
 }
 
-// TestIndexes: ids, children and links follow every create, commit and
+// TestIndexes: ids, children and directory names follow every create, commit and
 // remove.
 func TestIndexes(t *testing.T) {
 	db, _ := openTest(t)
@@ -124,9 +124,9 @@ func TestIndexes(t *testing.T) {
 		if got, err := tx.GetByID(c1.ID); err != nil || got.Key != "c1" {
 			t.Errorf("by id %d: %+v, %v", c1.ID, got, err)
 		}
-		links := tx.Links()
-		if links["Lbase-a"] != base.ID || links["Lc1"] != c1.ID || links["Lv1"] != v1.ID {
-			t.Errorf("links: %v", links)
+		dirs := tx.Dirs()
+		if dirs["Lbase-a"] != base.ID || dirs["Lc1"] != c1.ID || dirs["Lv1"] != v1.ID {
+			t.Errorf("dirs: %v", dirs)
 		}
 		if got, _ := tx.Get("base"); got.Usage != (snapshots.Usage{Size: 4096, Inodes: 3}) || got.Kind != snapshots.KindCommitted {
 			t.Errorf("committed record: %+v", got)
@@ -158,8 +158,8 @@ func TestIndexes(t *testing.T) {
 		}
 	}
 	err = db.View(func(tx *Tx) error {
-		if len(tx.IDs()) != 0 || len(tx.Links()) != 0 || len(tx.Children(base.ID)) != 0 {
-			t.Errorf("indexes not empty: ids %v links %v children %v", tx.IDs(), tx.Links(), tx.Children(base.ID))
+		if len(tx.IDs()) != 0 || len(tx.Dirs()) != 0 || len(tx.Children(base.ID)) != 0 {
+			t.Errorf("indexes not empty: ids %v dirs %v children %v", tx.IDs(), tx.Dirs(), tx.Children(base.ID))
 		}
 		return nil
 	})
@@ -182,23 +182,23 @@ func TestErrorKinds(t *testing.T) {
 		is   func(error) bool
 	}{
 		{"create existing", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "active", Kind: snapshots.KindActive, Link: "new"})
+			_, err := tx.Create(NewSnapshot{Key: "active", Kind: snapshots.KindActive, Dir: "new"})
 			return err
 		}, errdefs.IsAlreadyExists},
-		{"create with used link", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Link: "Lactive"})
+		{"create with used directory name", func(tx *Tx) error {
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Dir: "Lactive"})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"create committed kind", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindCommitted, Link: "new"})
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindCommitted, Dir: "new"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"create on missing parent", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "nope", Link: "new"})
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "nope", Dir: "new"})
 			return err
 		}, errdefs.IsNotFound},
 		{"create on active parent", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "active", Link: "new"})
+			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "active", Dir: "new"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"commit a view", func(tx *Tx) error {
@@ -237,7 +237,7 @@ func TestErrorKinds(t *testing.T) {
 func TestUpdateLabels(t *testing.T) {
 	db, _ := openTest(t)
 	err := db.Update(func(tx *Tx) error {
-		_, err := tx.Create(NewSnapshot{Key: "a", Kind: snapshots.KindActive, Link: "La", Labels: map[string]string{"keep": "1", "drop": "2"}})
+		_, err := tx.Create(NewSnapshot{Key: "a", Kind: snapshots.KindActive, Dir: "La", Labels: map[string]string{"keep": "1", "drop": "2"}})
 		return err
 	})
 	if err != nil {

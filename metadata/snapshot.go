@@ -18,7 +18,7 @@ type Snapshot struct {
 	Key     string
 	Kind    snapshots.Kind
 	Parent  string // key of the parent, "" for none
-	Link    string // short name of the layer's link; see the snapshotter's layout
+	Dir     string // short name of the layer's directory; see the snapshotter's layout
 	Labels  map[string]string
 	Created time.Time
 	Updated time.Time
@@ -43,7 +43,7 @@ var (
 	fieldID      = []byte("id")
 	fieldKind    = []byte("kind")
 	fieldParent  = []byte("parent")
-	fieldLink    = []byte("link")
+	fieldDir     = []byte("dir")
 	fieldCreated = []byte("created")
 	fieldUpdated = []byte("updated")
 	fieldSize    = []byte("size")
@@ -94,9 +94,9 @@ type NewSnapshot struct {
 	Kind   snapshots.Kind // KindActive or KindView
 	Parent string         // must name a committed snapshot, or be ""
 	Labels map[string]string
-	// Link is the short link name of the new layer; it must not be in use
-	// (see LinkInUse).
-	Link string
+	// Dir is the short name of the new layer's directory; it must not be
+	// in use (see DirInUse).
+	Dir string
 }
 
 // Create records a new active snapshot or view and returns it with its
@@ -121,8 +121,8 @@ func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
 	if t.snapshots.Bucket([]byte(n.Key)) != nil {
 		return Snapshot{}, fmt.Errorf("snapshot %q: %w", n.Key, errdefs.ErrAlreadyExists)
 	}
-	if n.Link == "" || t.LinkInUse(n.Link) {
-		return Snapshot{}, fmt.Errorf("link name %q is empty or in use: %w", n.Link, errdefs.ErrAlreadyExists)
+	if n.Dir == "" || t.DirInUse(n.Dir) {
+		return Snapshot{}, fmt.Errorf("directory name %q is empty or in use: %w", n.Dir, errdefs.ErrAlreadyExists)
 	}
 	id, err := t.ids.NextSequence()
 	if err != nil {
@@ -134,7 +134,7 @@ func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
 		Key:     n.Key,
 		Kind:    n.Kind,
 		Parent:  n.Parent,
-		Link:    n.Link,
+		Dir:     n.Dir,
 		Labels:  maps.Clone(n.Labels),
 		Created: now,
 		Updated: now,
@@ -142,7 +142,7 @@ func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
 	if err := t.put(s); err != nil {
 		return Snapshot{}, err
 	}
-	if err := t.links.Put([]byte(s.Link), u64(id)); err != nil {
+	if err := t.dirs.Put([]byte(s.Dir), u64(id)); err != nil {
 		return Snapshot{}, err
 	}
 	if n.Parent != "" {
@@ -238,7 +238,7 @@ func (t *Tx) Remove(key string) (Snapshot, error) {
 	if err := t.ids.Delete(u64(s.ID)); err != nil {
 		return Snapshot{}, err
 	}
-	if err := t.links.Delete([]byte(s.Link)); err != nil {
+	if err := t.dirs.Delete([]byte(s.Dir)); err != nil {
 		return Snapshot{}, err
 	}
 	return s, nil
@@ -302,9 +302,9 @@ func (t *Tx) Children(id uint64) []string {
 	return kids
 }
 
-// LinkInUse reports whether a snapshot already has the link name.
-func (t *Tx) LinkInUse(link string) bool {
-	return t.links.Get([]byte(link)) != nil
+// DirInUse reports whether a snapshot already has the directory name.
+func (t *Tx) DirInUse(dir string) bool {
+	return t.dirs.Get([]byte(dir)) != nil
 }
 
 // IDs returns the ids of every recorded snapshot.
@@ -317,14 +317,14 @@ func (t *Tx) IDs() map[uint64]bool {
 	return ids
 }
 
-// Links returns every recorded link name with the id it belongs to.
-func (t *Tx) Links() map[string]uint64 {
-	links := map[string]uint64{}
-	_ = t.links.ForEach(func(k, v []byte) error {
-		links[string(k)] = binary.BigEndian.Uint64(v)
+// Dirs returns every recorded directory name with the id it belongs to.
+func (t *Tx) Dirs() map[string]uint64 {
+	dirs := map[string]uint64{}
+	_ = t.dirs.ForEach(func(k, v []byte) error {
+		dirs[string(k)] = binary.BigEndian.Uint64(v)
 		return nil
 	})
-	return links
+	return dirs
 }
 
 // LastID is the highest id handed out so far.
@@ -358,7 +358,7 @@ func (t *Tx) put(s Snapshot) error {
 		{fieldID, u64(s.ID)},
 		{fieldKind, []byte{byte(s.Kind)}},
 		{fieldParent, []byte(s.Parent)},
-		{fieldLink, []byte(s.Link)},
+		{fieldDir, []byte(s.Dir)},
 		{fieldCreated, created},
 		{fieldUpdated, updated},
 		{fieldSize, u64(uint64(s.Usage.Size))},
@@ -399,7 +399,7 @@ func readSnapshot(key string, b *bolt.Bucket) (Snapshot, error) {
 	s.ID = binary.BigEndian.Uint64(id)
 	s.Kind = snapshots.Kind(kind[0])
 	s.Parent = string(b.Get(fieldParent))
-	s.Link = string(b.Get(fieldLink))
+	s.Dir = string(b.Get(fieldDir))
 	if err := s.Created.UnmarshalBinary(b.Get(fieldCreated)); err != nil {
 		return Snapshot{}, fmt.Errorf("created time of %q: %w", key, err)
 	}

@@ -20,27 +20,20 @@ const MaxLowerDirs = 500
 // one page, and the last byte must be the terminating NUL.
 const maxData = 4096 - 1
 
-// Layer is what a mount needs to know of one snapshot's directories.
-type Layer struct {
-	// Dir is the directory holding the layer's files (overlay's upperdir for
-	// an active snapshot, a lowerdir for its children).
-	Dir string
-	// Link is a short path resolving to Dir, used in lowerdir= so that deep
-	// chains fit in one page of mount options.
-	Link string
-}
-
 // Request describes the snapshot to mount.
 type Request struct {
 	// Writable is true for an active snapshot, false for a view.
 	Writable bool
-	// Self is the snapshot's own layer.
-	Self Layer
+	// Dir is the directory holding the snapshot's own files: overlay's
+	// upperdir for an active snapshot.
+	Dir string
 	// WorkDir is overlay's workdir for an active snapshot; on the same
-	// filesystem as Self.Dir.
+	// filesystem as Dir.
 	WorkDir string
-	// Parents are the committed layers below, nearest first.
-	Parents []Layer
+	// Parents are the directories of the committed layers below, nearest
+	// first. Keeping them short (all in one directory, with short names)
+	// is what lets a deep chain fit in mount(2)'s page; see DataSize.
+	Parents []string
 	// Options are appended to overlay mounts (never to bind mounts).
 	Options []string
 	// EmptyLower, when set, makes an active snapshot without parents an
@@ -61,21 +54,18 @@ type Request struct {
 //     active snapshot.
 func For(r Request) []mount.Mount {
 	if len(r.Parents) == 0 && !(r.Writable && r.EmptyLower != "") {
-		return []mount.Mount{bind(r.Self.Dir, r.Writable)}
+		return []mount.Mount{bind(r.Dir, r.Writable)}
 	}
 	if !r.Writable && len(r.Parents) == 1 {
-		return []mount.Mount{bind(r.Parents[0].Dir, false)}
+		return []mount.Mount{bind(r.Parents[0], false)}
 	}
-	lowers := make([]string, len(r.Parents))
-	for i, p := range r.Parents {
-		lowers[i] = p.Link
-	}
+	lowers := r.Parents
 	if len(lowers) == 0 {
 		lowers = []string{r.EmptyLower}
 	}
 	var options []string
 	if r.Writable {
-		options = append(options, "workdir="+r.WorkDir, "upperdir="+r.Self.Dir)
+		options = append(options, "workdir="+r.WorkDir, "upperdir="+r.Dir)
 	}
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, r.Options...)
@@ -113,7 +103,7 @@ func Check(ms []mount.Mount) error {
 // DataSize is the length of the option string containerd's mount.All passes
 // to mount(2) for m. When the options reach a page less 512 bytes, mount.All
 // (core/mount/mount_linux.go) changes into the lower directories' common
-// parent and passes the lower directories relative to it; strata's links all
+// parent and passes the lower directories relative to it; strata's layers all
 // live in one directory, so each then costs only its name and a separator.
 func DataSize(m mount.Mount) int {
 	const compactAt = 4096 - 512

@@ -13,38 +13,37 @@ import (
 	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
-// layers makes n layers under dir whose link names are 8 characters long.
-func layers(dir string, n int) []Layer {
-	ls := make([]Layer, n)
+// layers names n layer directories under dir/layers, 8 characters each.
+func layers(dir string, n int) []string {
+	ls := make([]string, n)
 	for i := range ls {
-		name := fmt.Sprintf("%08d", i)
-		ls[i] = Layer{Dir: filepath.Join(dir, "snapshots", name, "fs"), Link: filepath.Join(dir, "l", name)}
+		ls[i] = filepath.Join(dir, "layers", fmt.Sprintf("%08d", i))
 	}
 	return ls
 }
 
 func TestForShapes(t *testing.T) {
-	self := Layer{Dir: "/r/snapshots/9/fs", Link: "/r/l/SELF"}
+	self := "/r/layers/SELF"
 	two := layers("/r", 2)
 	for _, tc := range []struct {
 		name string
 		req  Request
 		want mount.Mount
 	}{
-		{"active without parent", Request{Writable: true, Self: self, Options: []string{"index=off"}},
-			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"rw", "rbind"}}},
-		{"extraction without parent", Request{Writable: true, Self: self, WorkDir: "/r/snapshots/9/work", EmptyLower: "/r/empty", Options: []string{"index=off"}},
-			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"workdir=/r/snapshots/9/work", "upperdir=/r/snapshots/9/fs", "lowerdir=/r/empty", "index=off"}}},
-		{"view without parent ignores EmptyLower", Request{Self: self, EmptyLower: "/r/empty"},
-			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"ro", "rbind"}}},
-		{"view without parent", Request{Self: self},
-			mount.Mount{Type: "bind", Source: self.Dir, Options: []string{"ro", "rbind"}}},
-		{"view of one layer", Request{Self: self, Parents: two[:1]},
-			mount.Mount{Type: "bind", Source: two[0].Dir, Options: []string{"ro", "rbind"}}},
-		{"view of two layers", Request{Self: self, Parents: two, Options: []string{"index=off"}},
-			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=/r/l/00000000:/r/l/00000001", "index=off"}}},
-		{"active on a layer", Request{Writable: true, Self: self, WorkDir: "/r/snapshots/9/work", Parents: two[:1], Options: []string{"index=off", "userxattr"}},
-			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"workdir=/r/snapshots/9/work", "upperdir=/r/snapshots/9/fs", "lowerdir=/r/l/00000000", "index=off", "userxattr"}}},
+		{"active without parent", Request{Writable: true, Dir: self, Options: []string{"index=off"}},
+			mount.Mount{Type: "bind", Source: self, Options: []string{"rw", "rbind"}}},
+		{"extraction without parent", Request{Writable: true, Dir: self, WorkDir: "/r/work/SELF", EmptyLower: "/r/empty", Options: []string{"index=off"}},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"workdir=/r/work/SELF", "upperdir=/r/layers/SELF", "lowerdir=/r/empty", "index=off"}}},
+		{"view without parent ignores EmptyLower", Request{Dir: self, EmptyLower: "/r/empty"},
+			mount.Mount{Type: "bind", Source: self, Options: []string{"ro", "rbind"}}},
+		{"view without parent", Request{Dir: self},
+			mount.Mount{Type: "bind", Source: self, Options: []string{"ro", "rbind"}}},
+		{"view of one layer", Request{Dir: self, Parents: two[:1]},
+			mount.Mount{Type: "bind", Source: two[0], Options: []string{"ro", "rbind"}}},
+		{"view of two layers", Request{Dir: self, Parents: two, Options: []string{"index=off"}},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=/r/layers/00000000:/r/layers/00000001", "index=off"}}},
+		{"active on a layer", Request{Writable: true, Dir: self, WorkDir: "/r/work/SELF", Parents: two[:1], Options: []string{"index=off", "userxattr"}},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"workdir=/r/work/SELF", "upperdir=/r/layers/SELF", "lowerdir=/r/layers/00000000", "index=off", "userxattr"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := For(tc.req)
@@ -56,20 +55,20 @@ func TestForShapes(t *testing.T) {
 }
 
 func TestCheckLimitsLowerDirs(t *testing.T) {
-	// 500 links of 8 characters (4500 bytes) are too long for one page
-	// whatever the root; strata's 6 fit.
+	// 500 directories of 8 characters (4500 bytes) are too long for one
+	// page whatever the root; strata's 6 fit.
 	short := layers("/r", MaxLowerDirs+1)
 	for i := range short {
-		short[i].Link = short[i].Link[:len(short[i].Link)-2]
+		short[i] = short[i][:len(short[i])-2]
 	}
-	if err := Check(For(Request{Self: Layer{Dir: "/r/s"}, Parents: layers("/r", MaxLowerDirs)})); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "mount(2) accepts") {
-		t.Fatalf("500 lower dirs of 8-character links: %v, want FailedPrecondition about mount(2)'s limit", err)
+	if err := Check(For(Request{Dir: "/r/s", Parents: layers("/r", MaxLowerDirs)})); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "mount(2) accepts") {
+		t.Fatalf("500 lower dirs of 8-character names: %v, want FailedPrecondition about mount(2)'s limit", err)
 	}
-	ok := For(Request{Self: Layer{Dir: "/r/s"}, Parents: short[:MaxLowerDirs]})
+	ok := For(Request{Dir: "/r/s", Parents: short[:MaxLowerDirs]})
 	if err := Check(ok); err != nil {
 		t.Fatalf("%d lower dirs: %v", MaxLowerDirs, err)
 	}
-	tooMany := For(Request{Self: Layer{Dir: "/r/s"}, Parents: short})
+	tooMany := For(Request{Dir: "/r/s", Parents: short})
 	err := Check(tooMany)
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "limit of 500") {
 		t.Fatalf("%d lower dirs: %v, want FailedPrecondition naming the limit", MaxLowerDirs+1, err)
@@ -93,13 +92,7 @@ func TestDataSizeMatchesKernel(t *testing.T) {
 	dir := t.TempDir()
 	ls := layers(dir, MaxLowerDirs)
 	for _, l := range ls {
-		if err := os.MkdirAll(l.Dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.MkdirAll(filepath.Dir(l.Link), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Symlink(l.Dir, l.Link); err != nil {
+		if err := os.MkdirAll(l, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,7 +101,7 @@ func TestDataSizeMatchesKernel(t *testing.T) {
 	request := func(n, pad int) Request {
 		return Request{
 			Writable: true,
-			Self:     Layer{Dir: filepath.Join(dir, "u", "fs"+strings.Repeat("x", pad))},
+			Dir:      filepath.Join(dir, "u", "fs"+strings.Repeat("x", pad)),
 			WorkDir:  filepath.Join(dir, "u", "w"),
 			Parents:  ls[:n],
 		}
@@ -128,7 +121,7 @@ func TestDataSizeMatchesKernel(t *testing.T) {
 		if got := DataSize(ms[0]); got != tc.size {
 			t.Fatalf("built %d bytes, want %d", got, tc.size)
 		}
-		for _, d := range []string{req.Self.Dir, req.WorkDir} {
+		for _, d := range []string{req.Dir, req.WorkDir} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				t.Fatal(err)
 			}

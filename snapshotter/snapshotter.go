@@ -173,7 +173,7 @@ func (s *snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 	if rec.Kind != snapshots.KindActive {
 		return rec.Usage, nil
 	}
-	u, err := diskUsage(ctx, s.layout.fs(rec.ID))
+	u, err := diskUsage(ctx, s.layout.layer(rec.Dir))
 	if err != nil {
 		return snapshots.Usage{}, fmt.Errorf("measure usage of %q: %w", key, err)
 	}
@@ -241,11 +241,11 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 
 	var ms []mount.Mount
 	err = s.db.Update(func(tx *metadata.Tx) error {
-		link, err := newLinkName(tx)
+		name, err := newLayerName(tx)
 		if err != nil {
 			return err
 		}
-		rec, err := tx.Create(metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels, Link: link})
+		rec, err := tx.Create(metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels, Dir: name})
 		if err != nil {
 			return err
 		}
@@ -263,14 +263,22 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			return fmt.Errorf("create snapshot directory: %w", err)
 		}
 		undo = append(undo, func() error { return os.RemoveAll(td) })
-		if err := populate(td, kind, chain, s.layout); err != nil {
+		if err := s.populate(td, chain); err != nil {
 			return err
 		}
-		if err := s.layout.makeLink(rec.Link, rec.ID); err != nil {
-			return fmt.Errorf("create layer link: %w", err)
+		if kind == snapshots.KindActive {
+			// A leftover of the same name that the index does not own
+			// is garbage of a transaction that never committed.
+			work := s.layout.work(rec.Dir)
+			if err := os.RemoveAll(work); err != nil {
+				return err
+			}
+			if err := os.Mkdir(work, 0o711); err != nil {
+				return fmt.Errorf("create work directory: %w", err)
+			}
+			undo = append(undo, func() error { return os.RemoveAll(work) })
 		}
-		undo = append(undo, func() error { return os.Remove(s.layout.link(rec.Link)) })
-		dir := s.layout.dir(rec.ID)
+		dir := s.layout.layer(rec.Dir)
 		if err := os.Rename(td, dir); err != nil {
 			return fmt.Errorf("move snapshot directory into place: %w", err)
 		}
@@ -283,41 +291,35 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	return ms, nil
 }
 
-// populate fills a new snapshot's temporary directory: fs, owned like the
-// parent's root so the merged root keeps its owner, and work for an active
-// snapshot.
-func populate(td string, kind snapshots.Kind, chain []metadata.Snapshot, l layout) error {
-	fsDir := filepath.Join(td, "fs")
-	if err := os.Mkdir(fsDir, 0o755); err != nil {
+// populate prepares a new layer's directory: owned like the parent's root,
+// so the merged root keeps its owner.
+func (s *snapshotter) populate(td string, chain []metadata.Snapshot) error {
+	if err := os.Chmod(td, 0o755); err != nil {
 		return err
 	}
-	if kind == snapshots.KindActive {
-		if err := os.Mkdir(filepath.Join(td, "work"), 0o711); err != nil {
-			return err
-		}
+	if len(chain) == 0 {
+		return nil
 	}
-	if len(chain) > 0 {
-		fi, err := os.Stat(l.fs(chain[0].ID))
-		if err != nil {
-			return fmt.Errorf("stat parent layer %q: %w", chain[0].Key, err)
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if err := os.Lchown(fsDir, int(st.Uid), int(st.Gid)); err != nil {
-			return fmt.Errorf("chown snapshot root: %w", err)
-		}
+	fi, err := os.Stat(s.layout.layer(chain[0].Dir))
+	if err != nil {
+		return fmt.Errorf("stat parent layer %q: %w", chain[0].Key, err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if err := os.Lchown(td, int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("chown snapshot root: %w", err)
 	}
 	return nil
 }
 
 func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) []mount.Mount {
-	parents := make([]mounts.Layer, len(chain))
+	parents := make([]string, len(chain))
 	for i, p := range chain {
-		parents[i] = mounts.Layer{Dir: s.layout.fs(p.ID), Link: s.layout.link(p.Link)}
+		parents[i] = s.layout.layer(p.Dir)
 	}
 	req := mounts.Request{
 		Writable: rec.Kind == snapshots.KindActive,
-		Self:     mounts.Layer{Dir: s.layout.fs(rec.ID), Link: s.layout.link(rec.Link)},
-		WorkDir:  s.layout.work(rec.ID),
+		Dir:      s.layout.layer(rec.Dir),
+		WorkDir:  s.layout.work(rec.Dir),
 		Parents:  parents,
 		Options:  s.options,
 	}
@@ -360,7 +362,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return err
 	}
-	usage, err := diskUsage(ctx, s.layout.fs(rec.ID))
+	usage, err := diskUsage(ctx, s.layout.layer(rec.Dir))
 	if err != nil {
 		return fmt.Errorf("measure usage of %q: %w", key, err)
 	}
@@ -386,8 +388,11 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		if rec, err = tx.Remove(key); err != nil {
 			return err
 		}
-		dir, removed = s.layout.dir(rec.ID), s.layout.removing(rec.ID)
+		dir, removed = s.layout.layer(rec.Dir), s.layout.removing(rec.Dir)
 		if err := os.Rename(dir, removed); err != nil {
+			if errors.Is(err, syscall.EBUSY) {
+				return fmt.Errorf("directory of %q is a mount point; unmount it first: %w", key, errdefs.ErrFailedPrecondition)
+			}
 			if !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("move directory of %q out of the way: %w", key, err)
 			}
@@ -408,11 +413,13 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		}
 		return err
 	}
-	if err := os.Remove(s.layout.link(rec.Link)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.G(ctx).WithError(err).WithField("key", key).Warn("failed to remove layer link; Cleanup will retry")
-	}
 	if removed != "" {
 		s.delete(ctx, removed)
+	}
+	// The work directory holds nothing of the snapshot's; a mount point
+	// in it is as unlikely as anywhere, and checked all the same.
+	if _, err := os.Lstat(s.layout.work(rec.Dir)); err == nil {
+		s.delete(ctx, s.layout.work(rec.Dir))
 	}
 	return nil
 }
@@ -486,24 +493,19 @@ func (s *snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...str
 	return nil
 }
 
-// Cleanup deletes every directory and link under the root that no snapshot
-// owns: leftovers of removals and of operations interrupted by a crash.
+// Cleanup deletes every directory under the root that no snapshot owns:
+// leftovers of removals and of operations interrupted by a crash.
 func (s *snapshotter) Cleanup(ctx context.Context) error {
-	var dirs, links []string
+	var dirs []string
 	// A write transaction keeps Prepare and Remove, which create and move
 	// directories inside theirs, out while the disk is compared to the index.
 	err := s.db.Update(func(tx *metadata.Tx) error {
 		var err error
-		dirs, links, err = s.unowned(tx)
+		dirs, err = s.unowned(tx)
 		return err
 	})
 	if err != nil {
 		return err
-	}
-	for _, l := range links {
-		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
-			log.G(ctx).WithError(err).WithField("path", l).Warn("failed to remove unowned link")
-		}
 	}
 	for _, d := range dirs {
 		log.G(ctx).WithField("path", d).Debug("deleting unowned directory")
@@ -512,76 +514,59 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 	return nil
 }
 
-func (s *snapshotter) unowned(tx *metadata.Tx) (dirs, links []string, err error) {
-	ids := tx.IDs()
-	entries, err := os.ReadDir(s.layout.snapshotsRoot())
-	if err != nil {
-		return nil, nil, err
-	}
+// unowned lists the entries of layers/ and work/ that no recorded snapshot
+// owns and no background deletion is already working on.
+func (s *snapshotter) unowned(tx *metadata.Tx) ([]string, error) {
+	owned := tx.Dirs()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, e := range entries {
-		p := filepath.Join(s.layout.snapshotsRoot(), e.Name())
-		if id, ok := idOfDir(e.Name()); ok && ids[id] && p == s.layout.dir(id) {
-			continue
+	var dirs []string
+	for _, root := range []string{s.layout.layersRoot(), s.layout.workRoot()} {
+		entries, err := os.ReadDir(root)
+		if err != nil {
+			return nil, err
 		}
-		if s.removing[p] {
-			continue
-		}
-		dirs = append(dirs, p)
-	}
-	owned := tx.Links()
-	entries, err = os.ReadDir(s.layout.linksRoot())
-	if err != nil {
-		return nil, nil, err
-	}
-	for _, e := range entries {
-		if _, ok := owned[e.Name()]; !ok {
-			links = append(links, s.layout.link(e.Name()))
+		for _, e := range entries {
+			p := filepath.Join(root, e.Name())
+			if _, ok := owned[e.Name()]; ok || s.removing[p] {
+				continue
+			}
+			dirs = append(dirs, p)
 		}
 	}
-	return dirs, links, nil
+	return dirs, nil
 }
 
 // reconcile runs at start, before anything is served.
 func (s *snapshotter) reconcile(ctx context.Context) error {
-	entries, err := os.ReadDir(s.layout.snapshotsRoot())
+	entries, err := os.ReadDir(s.layout.layersRoot())
 	if err != nil {
 		return err
 	}
-	var (
-		highest uint64
-		layers  int
-	)
+	layers := 0
 	for _, e := range entries {
-		if id, ok := idOfDir(e.Name()); ok {
+		if isLayerName(e.Name()) || strings.HasPrefix(e.Name(), removePrefix) {
 			layers++
-			highest = max(highest, id)
 		}
 	}
 	// A fresh index over existing layers means the index was lost, not
 	// that the layers are garbage: refuse rather than delete them all.
 	if s.db.Created() && layers > 0 {
-		return fmt.Errorf("the index %s is new but %s holds %d snapshot directories; restore the index or move them away: %w",
-			s.layout.dbPath(), s.layout.snapshotsRoot(), layers, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("the index %s is new but %s holds %d layer directories; restore the index or move them away: %w",
+			s.layout.dbPath(), s.layout.layersRoot(), layers, errdefs.ErrFailedPrecondition)
 	}
 	var missing []string
-	err = s.db.Update(func(tx *metadata.Tx) error {
-		// A directory left by a transaction that never committed may
-		// carry an id the index would hand out again: skip past it.
-		if err := tx.ReserveIDsThrough(highest); err != nil {
-			return err
-		}
+	err = s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
-			dir := s.layout.dir(rec.ID)
+			dir := s.layout.layer(rec.Dir)
 			if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 				// A crash between Remove's rename and its commit: the
 				// snapshot is still recorded, so its directory goes back.
-				if rerr := os.Rename(s.layout.removing(rec.ID), dir); rerr == nil {
+				if rerr := os.Rename(s.layout.removing(rec.Dir), dir); rerr == nil {
 					log.G(ctx).WithField("key", rec.Key).Warn("restored directory of a snapshot whose removal did not commit")
 				}
 			}
-			if _, err := os.Stat(s.layout.fs(rec.ID)); err != nil {
+			if _, err := os.Stat(dir); err != nil {
 				missing = append(missing, rec.Key)
 			}
 			return nil
@@ -600,15 +585,15 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 // is so long that a chain of mounts.MaxLowerDirs layers would not fit in
 // mount(2)'s page, instead of leaving them to find out from a failed Prepare.
 func (s *snapshotter) warnIfDeepChainsCannotMount(ctx context.Context) {
-	worst := ^uint64(0) // the longest id
-	parents := make([]mounts.Layer, mounts.MaxLowerDirs)
+	name := strings.Repeat("X", nameLen)
+	parents := make([]string, mounts.MaxLowerDirs)
 	for i := range parents {
-		parents[i] = mounts.Layer{Dir: s.layout.fs(worst), Link: s.layout.link(strings.Repeat("X", linkLen))}
+		parents[i] = s.layout.layer(name)
 	}
 	ms := mounts.For(mounts.Request{
 		Writable: true,
-		Self:     mounts.Layer{Dir: s.layout.fs(worst)},
-		WorkDir:  s.layout.work(worst),
+		Dir:      s.layout.layer(name),
+		WorkDir:  s.layout.work(name),
 		Parents:  parents,
 		Options:  s.options,
 	})

@@ -65,7 +65,8 @@ func withMount(t *testing.T, ms []mount.Mount, fn func(dir string)) {
 // TestRemoveKeepsMountedDirectory: a removed snapshot whose directory still
 // has something mounted in it is forgotten, but its directory is not deleted
 // (the deletion would reach into the mounted filesystem); once unmounted,
-// Cleanup deletes it.
+// Cleanup deletes it. A snapshot whose directory is itself a mount point is
+// not removed at all.
 func TestRemoveKeepsMountedDirectory(t *testing.T) {
 	sn, _ := newTestSnapshotter(t, WithSyncRemove)
 	ctx := context.Background()
@@ -73,18 +74,38 @@ func TestRemoveKeepsMountedDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fsDir := ms[0].Source
-	moved := sn.layout.removing(idInMount(t, ms))
-	// Something else mounted inside the snapshot's directory.
-	if err := unix.Mount("tmpfs", fsDir, "tmpfs", 0, ""); err != nil {
+	name := layerOf(t, ms)
+	layer, moved := sn.layout.layer(name), sn.layout.removing(name)
+	t.Cleanup(func() { // only matters when the test fails midway
+		for _, d := range []string{layer, filepath.Join(layer, "sub"), filepath.Join(moved, "sub")} {
+			unix.Unmount(d, unix.MNT_DETACH)
+		}
+	})
+
+	// Mounted on the layer directory itself: Remove refuses.
+	if err := unix.Mount("tmpfs", layer, "tmpfs", 0, ""); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { // only matters when the test fails midway
-		unix.Unmount(fsDir, unix.MNT_DETACH)
-		unix.Unmount(filepath.Join(moved, "fs"), unix.MNT_DETACH)
-	})
-	precious := filepath.Join(fsDir, "precious")
-	if err := os.WriteFile(precious, []byte("keep"), 0o644); err != nil {
+	if err := sn.Remove(ctx, "a"); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("Remove of a snapshot whose directory is a mount point: %v, want FailedPrecondition", err)
+	}
+	if _, err := sn.Stat(ctx, "a"); err != nil {
+		t.Fatalf("refused Remove forgot the snapshot: %v", err)
+	}
+	if err := unix.Unmount(layer, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	// Mounted inside the layer directory: Remove forgets the snapshot and
+	// leaves the directory.
+	sub := filepath.Join(layer, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sub, "precious"), []byte("keep"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := sn.Remove(ctx, "a"); err != nil {
@@ -93,17 +114,17 @@ func TestRemoveKeepsMountedDirectory(t *testing.T) {
 	if _, err := sn.Stat(ctx, "a"); !errdefs.IsNotFound(err) {
 		t.Fatalf("removed snapshot still recorded: %v", err)
 	}
-	if b, err := os.ReadFile(filepath.Join(moved, "fs", "precious")); err != nil || string(b) != "keep" {
+	if b, err := os.ReadFile(filepath.Join(moved, "sub", "precious")); err != nil || string(b) != "keep" {
 		t.Fatalf("file in the filesystem mounted inside the snapshot: %q, %v", b, err)
 	}
 	// Cleanup leaves it too while it is mounted.
 	if err := sn.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(moved, "fs", "precious")); err != nil {
+	if _, err := os.Stat(filepath.Join(moved, "sub", "precious")); err != nil {
 		t.Fatalf("Cleanup deleted into a mount: %v", err)
 	}
-	if err := unix.Unmount(filepath.Join(moved, "fs"), 0); err != nil {
+	if err := unix.Unmount(filepath.Join(moved, "sub"), 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := sn.Cleanup(ctx); err != nil {
@@ -143,7 +164,7 @@ func TestFailedPrepareLeavesNothing(t *testing.T) {
 	commitLayer(t, sn, "base", "", map[string]string{"f": "x"})
 	// Lose the parent's files: populating the child (which copies the
 	// owner of the parent's root) fails midway.
-	if err := os.Rename(sn.layout.fs(firstID(t, sn)), filepath.Join(root, "lost")); err != nil {
+	if err := os.Rename(sn.layout.layer(onlyLayer(t, sn)), filepath.Join(root, "lost")); err != nil {
 		t.Fatal(err)
 	}
 	before := entries(t, root)
@@ -158,23 +179,20 @@ func TestFailedPrepareLeavesNothing(t *testing.T) {
 	}
 }
 
-func firstID(t *testing.T, sn *snapshotter) uint64 {
+// onlyLayer returns the name of the one layer directory.
+func onlyLayer(t *testing.T, sn *snapshotter) string {
 	t.Helper()
-	es, err := os.ReadDir(sn.layout.snapshotsRoot())
-	if err != nil || len(es) == 0 {
-		t.Fatalf("no snapshot directory: %v", err)
+	es, err := os.ReadDir(sn.layout.layersRoot())
+	if err != nil || len(es) != 1 || !isLayerName(es[0].Name()) {
+		t.Fatalf("want exactly one layer directory: %v, %v", es, err)
 	}
-	id, ok := idOfDir(es[0].Name())
-	if !ok {
-		t.Fatalf("unexpected entry %s", es[0].Name())
-	}
-	return id
+	return es[0].Name()
 }
 
-// TestCleanupAndStartRemoveLeftovers: directories and links no snapshot owns
-// (a half-built temporary directory, a removal interrupted by a crash, a
-// directory of an unrecorded id, a dangling link) are removed by Cleanup and
-// at start; owned ones stay.
+// TestCleanupAndStartRemoveLeftovers: directories no snapshot owns (a
+// half-built layer, a removal interrupted by a crash, a layer of an unrecorded
+// snapshot, a stray work directory) are removed by Cleanup and at start;
+// owned ones stay.
 func TestCleanupAndStartRemoveLeftovers(t *testing.T) {
 	sn, root := newTestSnapshotter(t)
 	ctx := context.Background()
@@ -182,13 +200,10 @@ func TestCleanupAndStartRemoveLeftovers(t *testing.T) {
 	owned := entries(t, root)
 
 	plant := func() {
-		for _, d := range []string{"new-123/fs", "rm-77/fs", "4242/fs"} {
-			if err := os.MkdirAll(filepath.Join(root, snapshotsDir, d), 0o755); err != nil {
+		for _, d := range []string{"layers/tmp-123", "layers/rm-ABCDEF", "layers/QQQQQQ/sub", "work/QQQQQQ/work"} {
+			if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 				t.Fatal(err)
 			}
-		}
-		if err := os.Symlink("../snapshots/4242/fs", filepath.Join(root, linksDir, "ZZZZZZ")); err != nil {
-			t.Fatal(err)
 		}
 	}
 	plant()
@@ -210,14 +225,6 @@ func TestCleanupAndStartRemoveLeftovers(t *testing.T) {
 	defer again.Close()
 	if got := entries(t, root); got != owned {
 		t.Fatalf("after restart: %s\nwant %s", got, owned)
-	}
-	// And a new snapshot never reuses the leftover's id.
-	ms, err := again.Prepare(ctx, "next", "base")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if id := idInMount(t, ms); id <= 4242 {
-		t.Fatalf("new snapshot got id %d, reusing a leftover's range", id)
 	}
 }
 
@@ -317,8 +324,8 @@ func TestMountsShapes(t *testing.T) {
 		{"active-no-parent", "", false, "bind", []string{"rw", "rbind"}},
 		{"view-no-parent", "", true, "bind", []string{"ro", "rbind"}},
 		{"view-one-layer", "l1", true, "bind", []string{"ro", "rbind"}},
-		{"active-one-layer", "l1", false, "overlay", []string{"workdir=", "upperdir=", "lowerdir=" + root + "/l/", "index=off"}},
-		{"view-two-layers", "l2", true, "overlay", []string{"lowerdir=" + root + "/l/", "index=off"}},
+		{"active-one-layer", "l1", false, "overlay", []string{"workdir=", "upperdir=", "lowerdir=" + root + "/layers/", "index=off"}},
+		{"view-two-layers", "l2", true, "overlay", []string{"lowerdir=" + root + "/layers/", "index=off"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			create := sn.Prepare
@@ -371,9 +378,9 @@ func TestInterruptedRemoveRestored(t *testing.T) {
 	sn, root := newTestSnapshotter(t)
 	ctx := context.Background()
 	commitLayer(t, sn, "base", "", map[string]string{"f": "content"})
-	id := firstID(t, sn)
+	name := onlyLayer(t, sn)
 	sn.Close()
-	if err := os.Rename(sn.layout.dir(id), sn.layout.removing(id)); err != nil {
+	if err := os.Rename(sn.layout.layer(name), sn.layout.removing(name)); err != nil {
 		t.Fatal(err)
 	}
 	again, err := New(ctx, root)

@@ -124,8 +124,8 @@ func TestBadInputGRPCCodes(t *testing.T) {
 	}
 	for _, m := range resp.Mounts {
 		for _, o := range m.Options {
-			if dir, ok := strings.CutPrefix(o, "upperdir="); ok && !strings.HasPrefix(dir, root+"/snapshots/") {
-				t.Fatalf("upperdir %s is not under %s/snapshots", dir, root)
+			if dir, ok := strings.CutPrefix(o, "upperdir="); ok && !strings.HasPrefix(dir, root+"/layers/") {
+				t.Fatalf("upperdir %s is not under %s/layers", dir, root)
 			}
 		}
 	}
@@ -148,7 +148,7 @@ func errOf[T any](_ T, err error) error { return err }
 func onDisk(t *testing.T, root string) string {
 	t.Helper()
 	var names []string
-	for _, d := range []string{"snapshots", "l"} {
+	for _, d := range []string{"layers", "work"} {
 		entries, err := os.ReadDir(filepath.Join(root, d))
 		if err != nil {
 			t.Fatal(err)
