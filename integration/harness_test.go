@@ -412,19 +412,48 @@ func (e *Env) teardown() {
 	os.RemoveAll(e.Dir)
 }
 
-// killShims kills containerd-shim processes whose command line names dir.
+// killShims kills the containerd-shim processes whose command line names
+// dir, and reaps them: the tests run as a child subreaper (see TestMain), so
+// shims, which daemonize, are re-parented to the test, not to PID 1, which
+// here reaps orphans only every few seconds.
 func killShims(dir string) {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte("containerd-shim")) {
+		if err != nil || !bytes.Contains(b, []byte("containerd-shim")) || !bytes.Contains(b, []byte(dir)) {
 			continue
 		}
-		if bytes.Contains(b, []byte(dir)) {
-			var pid int
-			fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
-			syscall.Kill(pid, syscall.SIGKILL)
+		var pid int
+		fmt.Sscanf(filepath.Base(filepath.Dir(p)), "%d", &pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	reapOrphans()
+}
+
+// reapOrphans waits for the exited processes re-parented to the test that
+// are not the test's own exec.Cmd children (those are waited on by Cmd).
+func reapOrphans() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	self := os.Getpid()
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
 		}
+		// pid (comm) state ppid …; comm may hold spaces, so split after ')'.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		comm := string(b[bytes.IndexByte(b, '(')+1 : i])
+		if len(f) < 2 || f[1] != fmt.Sprint(self) || !strings.HasPrefix(comm, "containerd-shim") {
+			continue
+		}
+		var pid int
+		fmt.Sscanf(string(b), "%d", &pid)
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
 	}
 }
 

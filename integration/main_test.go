@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -38,6 +40,13 @@ func mainWithCleanup(m *testing.M) int {
 		fmt.Println("integration: skipped by -short")
 		return 0
 	}
+	// Become the reaper of orphaned descendants: containerd's shims
+	// daemonize, and would otherwise wait for PID 1 to reap them.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "become subreaper:", err)
+		return 1
+	}
+	defer reapAll()
 	work, err := os.MkdirTemp("", "strata-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -123,4 +132,30 @@ http:
 		return nil, err
 	}
 	return p, nil
+}
+
+// reapAll kills and reaps whatever descendant is left once every test is
+// done (a shim's helper re-parented to the test, say), so nothing is left
+// for PID 1.
+func reapAll() {
+	procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	self := fmt.Sprint(os.Getpid())
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(b), ')')
+		if f := strings.Fields(string(b[i+1:])); i > 0 && len(f) > 1 && f[1] == self {
+			var pid int
+			fmt.Sscanf(string(b), "%d", &pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for {
+		var ws syscall.WaitStatus
+		if _, err := syscall.Wait4(-1, &ws, 0, nil); err != nil {
+			return // ECHILD: none left
+		}
+	}
 }
