@@ -127,13 +127,18 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 	return s, nil
 }
 
-// Stat returns the info of the snapshot named key.
-func (s *snapshotter) Stat(ctx context.Context, key string) (snapshots.Info, error) {
-	var rec metadata.Snapshot
-	err := s.db.View(func(tx *metadata.Tx) (err error) {
+// get reads the record of key.
+func (s *snapshotter) get(key string) (rec metadata.Snapshot, err error) {
+	err = s.db.View(func(tx *metadata.Tx) error {
 		rec, err = tx.Get(key)
 		return err
 	})
+	return rec, err
+}
+
+// Stat returns the info of the snapshot named key.
+func (s *snapshotter) Stat(ctx context.Context, key string) (snapshots.Info, error) {
+	rec, err := s.get(key)
 	if err != nil {
 		return snapshots.Info{}, err
 	}
@@ -162,11 +167,7 @@ func (s *snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 // Usage returns the snapshot's own usage: stored at Commit for a committed
 // snapshot, measured now for an active one.
 func (s *snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
-	var rec metadata.Snapshot
-	err := s.db.View(func(tx *metadata.Tx) (err error) {
-		rec, err = tx.Get(key)
-		return err
-	})
+	rec, err := s.get(key)
 	if err != nil {
 		return snapshots.Usage{}, err
 	}
