@@ -165,6 +165,7 @@ type Env struct {
 	Dir        string
 	StrataRoot string
 	StrataSock string
+	AdminSock  string // strata's operator endpoint
 	Sock       string // containerd's
 	Strata     *proc
 	Containerd *proc
@@ -193,6 +194,7 @@ func newEnv(t testing.TB, opts EnvOptions) *Env {
 		Dir:        dir,
 		StrataRoot: filepath.Join(dir, "strata"),
 		StrataSock: filepath.Join(dir, "strata.sock"),
+		AdminSock:  filepath.Join(dir, "admin.sock"),
 		Sock:       filepath.Join(dir, "containerd.sock"),
 		opts:       opts,
 	}
@@ -211,7 +213,7 @@ func newEnv(t testing.TB, opts EnvOptions) *Env {
 func (e *Env) StartStrata() {
 	e.t.Helper()
 	e.Strata = startProc(e.t, e.Dir, "strata", strataBinary,
-		"--root", e.StrataRoot, "--address", e.StrataSock, "--log-level", "debug",
+		"--root", e.StrataRoot, "--address", e.StrataSock, "--admin-address", e.AdminSock, "--log-level", "debug",
 		"--config", filepath.Join(e.Dir, "strata.toml"))
 	e.Strata.waitLog(e.t, "strata-snapshotter serving", 30*time.Second)
 }

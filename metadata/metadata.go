@@ -11,7 +11,7 @@
 //	strata/
 //	  schema            key: the schema version, big-endian uint32
 //	  snapshots/<key>/  one bucket per snapshot, fields below
-//	    id kind parent dir created updated size inodes, labels/
+//	    id kind parent dir created updated size inodes bytes, labels/
 //	  ids/<id>          id (big-endian uint64) -> key; its sequence hands out ids
 //	  children/<p><c>   parent id + child id (big-endian) -> child key
 //	  dirs/<dir>        directory name -> id

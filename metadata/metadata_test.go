@@ -47,7 +47,7 @@ func commit(t *testing.T, db *DB, key, name string) Snapshot {
 		if err != nil {
 			return err
 		}
-		s, err = tx.Commit(key, name, a.ID, snapshots.Usage{Size: 4096, Inodes: 3}, snapshots.Info{})
+		s, err = tx.Commit(key, name, a.ID, Usage{Size: 4096, Inodes: 3, Bytes: 10}, snapshots.Info{})
 		return err
 	})
 	if err != nil {
@@ -128,7 +128,7 @@ func TestIndexes(t *testing.T) {
 		if dirs["Lbase-a"] != base.ID || dirs["Lc1"] != c1.ID || dirs["Lv1"] != v1.ID {
 			t.Errorf("dirs: %v", dirs)
 		}
-		if got, _ := tx.Get("base"); got.Usage != (snapshots.Usage{Size: 4096, Inodes: 3}) || got.Kind != snapshots.KindCommitted {
+		if got, _ := tx.Get("base"); got.Usage != (Usage{Size: 4096, Inodes: 3, Bytes: 10}) || got.Kind != snapshots.KindCommitted {
 			t.Errorf("committed record: %+v", got)
 		}
 		if _, err := tx.Get("base-a"); !errdefs.IsNotFound(err) {
@@ -203,19 +203,19 @@ func TestErrorKinds(t *testing.T) {
 		}, errdefs.IsInvalidArgument},
 		{"commit a view", func(tx *Tx) error {
 			v, _ := tx.Get("view")
-			_, err := tx.Commit("view", "n", v.ID, snapshots.Usage{}, snapshots.Info{})
+			_, err := tx.Commit("view", "n", v.ID, Usage{}, snapshots.Info{})
 			return err
 		}, errdefs.IsFailedPrecondition},
 		{"commit with stale id", func(tx *Tx) error {
-			_, err := tx.Commit("active", "n", active.ID+100, snapshots.Usage{}, snapshots.Info{})
+			_, err := tx.Commit("active", "n", active.ID+100, Usage{}, snapshots.Info{})
 			return err
 		}, errdefs.IsFailedPrecondition},
 		{"commit onto existing name", func(tx *Tx) error {
-			_, err := tx.Commit("active", "base", active.ID, snapshots.Usage{}, snapshots.Info{})
+			_, err := tx.Commit("active", "base", active.ID, Usage{}, snapshots.Info{})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"commit changing parent", func(tx *Tx) error {
-			_, err := tx.Commit("active", "n", active.ID, snapshots.Usage{}, snapshots.Info{Parent: "other"})
+			_, err := tx.Commit("active", "n", active.ID, Usage{}, snapshots.Info{Parent: "other"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"update immutable field", func(tx *Tx) error {

@@ -24,7 +24,25 @@ type Snapshot struct {
 	Updated time.Time
 	// Usage is the layer's own usage, stored at Commit. It is zero for active
 	// snapshots and views, whose usage is measured on demand.
-	Usage snapshots.Usage
+	Usage Usage
+}
+
+// Usage is what a layer's files take.
+type Usage struct {
+	// Size is in allocated blocks (st_blocks * 512), as containerd's
+	// snapshots.Usage counts it.
+	Size int64
+	// Inodes counts each hard-linked inode once.
+	Inodes int64
+	// Bytes is the apparent size of the files (st_size of everything but
+	// directories), as du --bytes --apparent-size counts it less the
+	// directories: what the layer's content weighs wherever it is stored.
+	Bytes int64
+}
+
+// Containerd is the usage as containerd's Snapshotter.Usage reports it.
+func (u Usage) Containerd() snapshots.Usage {
+	return snapshots.Usage{Size: u.Size, Inodes: u.Inodes}
 }
 
 // Info is the record as containerd's snapshots API describes it.
@@ -48,6 +66,7 @@ var (
 	fieldUpdated = []byte("updated")
 	fieldSize    = []byte("size")
 	fieldInodes  = []byte("inodes")
+	fieldBytes   = []byte("bytes")
 	fieldLabels  = []byte("labels")
 )
 
@@ -158,7 +177,7 @@ func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
 // specifies, the committed snapshot gets only the labels given to Commit, and
 // an active snapshot created without a parent may be given one now (the
 // "rebase" capability used by parallel unpack).
-func (t *Tx) Commit(key, name string, id uint64, usage snapshots.Usage, base snapshots.Info) (Snapshot, error) {
+func (t *Tx) Commit(key, name string, id uint64, usage Usage, base snapshots.Info) (Snapshot, error) {
 	if name == "" {
 		return Snapshot{}, fmt.Errorf("commit name must not be empty: %w", errdefs.ErrInvalidArgument)
 	}
@@ -291,6 +310,23 @@ func (t *Tx) Walk(fn func(Snapshot) error) error {
 	})
 }
 
+// CommittedWithRef finds a committed snapshot on parent that holds the layer
+// ref names: one whose key is ref, or that carries ref in the label
+// containerd's unpacker sets (containerd.io/snapshot.ref, the layer's chain
+// id). It reads every record; a store holds thousands, not millions.
+func (t *Tx) CommittedWithRef(ref, parent string) (Snapshot, bool, error) {
+	var found Snapshot
+	ok := false
+	err := t.Walk(func(s Snapshot) error {
+		if !ok && s.Kind == snapshots.KindCommitted && s.Parent == parent &&
+			(s.Key == ref || s.Labels[snapshots.LabelSnapshotRef] == ref) {
+			found, ok = s, true
+		}
+		return nil
+	})
+	return found, ok, err
+}
+
 // Children returns the keys of the snapshots whose parent has the given id.
 func (t *Tx) Children(id uint64) []string {
 	var kids []string
@@ -363,6 +399,7 @@ func (t *Tx) put(s Snapshot) error {
 		{fieldUpdated, updated},
 		{fieldSize, u64(uint64(s.Usage.Size))},
 		{fieldInodes, u64(uint64(s.Usage.Inodes))},
+		{fieldBytes, u64(uint64(s.Usage.Bytes))},
 	} {
 		if err := b.Put(f.k, f.v); err != nil {
 			return fmt.Errorf("record %q: %w", s.Key, err)
@@ -411,6 +448,9 @@ func readSnapshot(key string, b *bolt.Bucket) (Snapshot, error) {
 	}
 	if v := b.Get(fieldInodes); len(v) == 8 {
 		s.Usage.Inodes = int64(binary.BigEndian.Uint64(v))
+	}
+	if v := b.Get(fieldBytes); len(v) == 8 {
+		s.Usage.Bytes = int64(binary.BigEndian.Uint64(v))
 	}
 	if lb := b.Bucket(fieldLabels); lb != nil {
 		_ = lb.ForEach(func(k, v []byte) error {

@@ -35,11 +35,13 @@ import (
 	"github.com/strata-snapshotter/strata/mounts"
 )
 
-// Snapshotter is what New returns: containerd's snapshotter interface and
-// its Cleaner, which containerd's garbage collector calls.
+// Snapshotter is what New returns: containerd's snapshotter interface, its
+// Cleaner, which containerd's garbage collector calls, and Details for the
+// operator's view of the store.
 type Snapshotter interface {
 	snapshots.Snapshotter
 	snapshots.Cleaner
+	Details(ctx context.Context) ([]Detail, error)
 }
 
 // Opt configures New.
@@ -172,13 +174,13 @@ func (s *snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 		return snapshots.Usage{}, err
 	}
 	if rec.Kind != snapshots.KindActive {
-		return rec.Usage, nil
+		return rec.Usage.Containerd(), nil
 	}
 	u, err := diskUsage(ctx, s.layout.layer(rec.Dir))
 	if err != nil {
 		return snapshots.Usage{}, fmt.Errorf("measure usage of %q: %w", key, err)
 	}
-	return u, nil
+	return u.Containerd(), nil
 }
 
 // Mounts returns the mounts of an active snapshot or view.
@@ -242,6 +244,19 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 
 	var ms []mount.Mount
 	err = s.db.Update(func(tx *metadata.Tx) error {
+		// containerd's remote-snapshot protocol: when the layer an
+		// unpacker is about to extract is already here on the same
+		// parent (pulled in another namespace, say), say so and create
+		// nothing; the unpacker then uses the existing snapshot.
+		if ref := info.Labels[snapshots.LabelSnapshotRef]; ref != "" && kind == snapshots.KindActive {
+			existing, found, err := tx.CommittedWithRef(ref, parent)
+			if err != nil {
+				return err
+			}
+			if found {
+				return fmt.Errorf("layer %s is already committed as %q: %w", ref, existing.Key, errdefs.ErrAlreadyExists)
+			}
+		}
 		name, err := newLayerName(tx)
 		if err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/diff/apply"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -74,4 +75,41 @@ func TestParallelUnpackKeepsWhiteouts(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestExistingLayerFastPath: containerd's remote-snapshot protocol. A
+// Prepare labelled with the chain id of a layer already committed on the same
+// parent gets AlreadyExists and creates nothing; on another parent, or
+// without the label, it proceeds.
+func TestExistingLayerFastPath(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	ref := func(v string) snapshots.Opt {
+		return snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: v})
+	}
+	if _, err := sn.Prepare(ctx, "ns1/1/extract", "", ref("sha256:layer1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Commit(ctx, "ns1/2/sha256:layer1", "ns1/1/extract", ref("sha256:layer1")); err != nil {
+		t.Fatal(err)
+	}
+	before := entries(t, root)
+	_, err := sn.Prepare(ctx, "ns2/1/extract", "", ref("sha256:layer1"))
+	if !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("Prepare of a layer that is already here: %v, want AlreadyExists", err)
+	}
+	if after := entries(t, root); after != before {
+		t.Fatalf("the fast path created something: %s -> %s", before, after)
+	}
+	if _, err := sn.Stat(ctx, "ns2/1/extract"); !errdefs.IsNotFound(err) {
+		t.Fatalf("the fast path recorded a snapshot: %v", err)
+	}
+	// The same layer on another parent is another snapshot.
+	if _, err := sn.Prepare(ctx, "ns2/2/extract", "ns1/2/sha256:layer1", ref("sha256:layer1")); err != nil {
+		t.Fatalf("same ref on another parent: %v", err)
+	}
+	// A Prepare without the label is never short-cut.
+	if _, err := sn.Prepare(ctx, "ns2/3/plain", ""); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -18,6 +18,7 @@ const (
 	defaultConfigPath = "/etc/strata/config.toml"
 	defaultRoot       = "/var/lib/strata"
 	defaultAddress    = "/run/strata/strata.sock"
+	defaultAdmin      = "/run/strata/admin.sock"
 )
 
 // Config is the daemon's configuration: built-in defaults, then the TOML
@@ -27,6 +28,8 @@ type Config struct {
 	Root string `toml:"root"`
 	// Address is the unix socket serving containerd's Snapshots API.
 	Address string `toml:"address"`
+	// AdminAddress is the unix socket serving the operator's JSON API.
+	AdminAddress string `toml:"admin_address"`
 	// LogLevel is one of trace, debug, info, warn, error, fatal, panic.
 	LogLevel string `toml:"log_level"`
 	// SyncRemove deletes a removed snapshot's files before Remove returns.
@@ -55,6 +58,7 @@ func defaultConfig() Config {
 	return Config{
 		Root:            defaultRoot,
 		Address:         defaultAddress,
+		AdminAddress:    defaultAdmin,
 		LogLevel:        "info",
 		ShutdownTimeout: duration{10 * time.Second},
 	}
@@ -95,12 +99,13 @@ func (c *Config) validate() error {
 	if c.Root == "" || !filepath.IsAbs(c.Root) {
 		return fmt.Errorf("root: %q must be an absolute path", c.Root)
 	}
-	if c.Address == "" || !filepath.IsAbs(c.Address) {
-		return fmt.Errorf("address: %q must be an absolute path to a unix socket", c.Address)
+	for key, path := range map[string]string{"address": c.Address, "admin_address": c.AdminAddress} {
+		if err := validateSocketPath(path); err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
 	}
-	// sun_path holds 108 bytes including the terminating NUL.
-	if len(c.Address) > 107 {
-		return fmt.Errorf("address: %q is %d bytes; a unix socket path must be at most 107", c.Address, len(c.Address))
+	if c.Address == c.AdminAddress {
+		return fmt.Errorf("admin_address: %q is also the Snapshots API's address", c.AdminAddress)
 	}
 	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level: %q is not one of trace, debug, info, warn, error, fatal, panic", c.LogLevel)
@@ -112,6 +117,17 @@ func (c *Config) validate() error {
 	}
 	if c.ShutdownTimeout.Duration < 0 {
 		return fmt.Errorf("shutdown_timeout: %v must not be negative", c.ShutdownTimeout)
+	}
+	return nil
+}
+
+func validateSocketPath(path string) error {
+	if path == "" || !filepath.IsAbs(path) {
+		return fmt.Errorf("%q must be an absolute path to a unix socket", path)
+	}
+	// sun_path holds 108 bytes including the terminating NUL.
+	if len(path) > 107 {
+		return fmt.Errorf("%q is %d bytes; a unix socket path must be at most 107", path, len(path))
 	}
 	return nil
 }

@@ -29,13 +29,14 @@ sync_remove = true
 mount_options = ["volatile"]
 shutdown_timeout = "3s"
 `)
-	cfg, _, err := parseConfig([]string{"--config", p, "--root", "/flag/root", "--log-level", "warn"}, io.Discard)
+	cfg, _, err := parseConfig([]string{"--config", p, "--root", "/flag/root", "--log-level", "warn", "--admin-address", "/flag/admin.sock"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Config{
 		Root:            "/flag/root",       // flag over file
 		Address:         "/srv/strata.sock", // file over default
+		AdminAddress:    "/flag/admin.sock", // flag over default
 		LogLevel:        "warn",             // flag over file
 		SyncRemove:      true,
 		MountOptions:    []string{"volatile"},
@@ -97,6 +98,8 @@ func TestConfigValidation(t *testing.T) {
 		{"relative root flag", "", []string{"--root", "var/lib/strata"}, `root: "var/lib/strata" must be an absolute path`},
 		{"relative root file", `root = "x"`, nil, `root: "x" must be an absolute path`},
 		{"relative address", `address = "s.sock"`, nil, "address:"},
+		{"relative admin address", "", []string{"--admin-address", "admin.sock"}, "admin_address:"},
+		{"admin address is the API's", `address = "/run/x.sock"` + "\n" + `admin_address = "/run/x.sock"`, nil, "admin_address: \"/run/x.sock\" is also"},
 		{"address too long", `address = "/` + strings.Repeat("a", 120) + `"`, nil, "at most 107"},
 		{"unknown key", "root = \"/x\"\nrooot = \"/y\"\n", nil, "unknown key(s) rooot"},
 		{"unknown table key", "[extra]\nx = 1\n", nil, "unknown key(s) extra"},

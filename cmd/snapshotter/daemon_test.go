@@ -48,6 +48,7 @@ type daemon struct {
 	cmd     *exec.Cmd
 	root    string
 	address string
+	admin   string
 
 	mu     sync.Mutex
 	output bytes.Buffer
@@ -119,7 +120,8 @@ func launch(t testing.TB, root string, args ...string) (*daemon, error) {
 		}
 		full = append(full, "--config", empty)
 	}
-	full = append(full, "--root", root, "--address", d.address, "--log-level", "debug")
+	d.admin = filepath.Join(dir, "admin.sock")
+	full = append(full, "--root", root, "--address", d.address, "--admin-address", d.admin, "--log-level", "debug")
 	// Later flags win, so args may override any of the above.
 	full = append(full, args...)
 	for i, a := range args {

@@ -27,6 +27,11 @@ func main() {
 
 // run is the whole command; it returns the process's exit code.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		if cmd, ok := subcommands[args[0]]; ok {
+			return runSubcommand(args[0], cmd, args[1:], stdout, stderr)
+		}
+	}
 	cfg, showVersion, err := parseConfig(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -60,6 +65,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		configPath  = fl.String("config", defaultConfigPath, "path to the TOML config file")
 		root        = fl.String("root", "", "directory holding snapshots and the index (default "+defaultRoot+")")
 		address     = fl.String("address", "", "unix socket to serve the Snapshots API on (default "+defaultAddress+")")
+		admin       = fl.String("admin-address", "", "unix socket to serve the operator's JSON API on (default "+defaultAdmin+")")
 		logLevel    = fl.String("log-level", "", "log level: trace, debug, info, warn, error (default info)")
 		showVersion = fl.Bool("version", false, "print the version and exit")
 	)
@@ -67,7 +73,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		return Config{}, false, err
 	}
 	if fl.NArg() > 0 {
-		return Config{}, false, fmt.Errorf("unexpected argument %q", fl.Arg(0))
+		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du)", fl.Arg(0))
 	}
 	if *showVersion {
 		return Config{}, true, nil
@@ -84,6 +90,9 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 	}
 	if set["address"] {
 		cfg.Address = *address
+	}
+	if set["admin-address"] {
+		cfg.AdminAddress = *admin
 	}
 	if set["log-level"] {
 		cfg.LogLevel = *logLevel

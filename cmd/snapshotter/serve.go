@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 
+	"github.com/strata-snapshotter/strata/admin"
 	"github.com/strata-snapshotter/strata/snapshotter"
 )
 
@@ -43,9 +45,15 @@ func serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	adminL, err := listen(cfg.AdminAddress)
+	if err != nil {
+		l.Close()
+		return err
+	}
 	sn, err := snapshotter.New(ctx, cfg.Root, opts...)
 	if err != nil {
 		l.Close()
+		adminL.Close()
 		return fmt.Errorf("open snapshotter at %s: %w", cfg.Root, err)
 	}
 	defer func() {
@@ -57,9 +65,17 @@ func serve(ctx context.Context, cfg Config) error {
 	srv := grpc.NewServer(grpc.StreamInterceptor(streamErrorsToGRPC))
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 
-	served := make(chan error, 1)
+	adminSrv := &http.Server{Handler: admin.Handler(sn), ReadHeaderTimeout: 10 * time.Second}
+
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(l) }()
-	log.G(ctx).WithField("address", cfg.Address).WithField("root", cfg.Root).WithField("version", buildVersion()).Info("strata-snapshotter serving")
+	go func() {
+		if err := adminSrv.Serve(adminL); !errors.Is(err, http.ErrServerClosed) {
+			served <- fmt.Errorf("admin: %w", err)
+		}
+	}()
+	log.G(ctx).WithField("address", cfg.Address).WithField("admin_address", cfg.AdminAddress).
+		WithField("root", cfg.Root).WithField("version", buildVersion()).Info("strata-snapshotter serving")
 
 	select {
 	case err := <-served:
@@ -67,17 +83,24 @@ func serve(ctx context.Context, cfg Config) error {
 	case sig := <-signals:
 		log.G(ctx).WithField("signal", sig.String()).Info("shutting down")
 	}
+	deadline, cancel := context.WithTimeout(ctx, cfg.ShutdownTimeout.Duration)
+	defer cancel()
 	stopped := make(chan struct{})
 	go func() {
 		srv.GracefulStop()
 		close(stopped)
 	}()
+	adminStopped := make(chan error, 1)
+	go func() { adminStopped <- adminSrv.Shutdown(deadline) }()
 	select {
 	case <-stopped:
-	case <-time.After(cfg.ShutdownTimeout.Duration):
+	case <-deadline.Done():
 		log.G(ctx).WithField("timeout", cfg.ShutdownTimeout.String()).Warn("in-flight calls did not finish in time; cancelling them")
 		srv.Stop()
 		<-stopped
+	}
+	if err := <-adminStopped; err != nil {
+		adminSrv.Close()
 	}
 	return nil
 }

@@ -1,0 +1,108 @@
+// Package accounting works out how the snapshots of a store share their
+// layers: what each leaf (a container's writable layer, a view, or an image's
+// top layer) stands on, which of those bytes are its alone and which it shares,
+// and how much sharing saves the store as a whole. It computes from the sizes
+// it is given and reads no disk.
+package accounting
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Node is one snapshot: its own layer's size and its parent.
+type Node struct {
+	Key    string
+	Parent string // "" for none
+	Kind   string // "active", "view" or "committed"
+	Bytes  int64  // the layer's own apparent bytes
+	Inodes int64
+}
+
+// Leaf is a snapshot nothing stands on, with what its chain weighs.
+type Leaf struct {
+	Key  string `json:"key"`
+	Kind string `json:"kind"`
+	// TotalBytes is its own layer and every layer below it.
+	TotalBytes int64 `json:"total_bytes"`
+	// UniqueBytes are the layers of its chain no other leaf stands on:
+	// what removing it and the layers only it uses would free.
+	UniqueBytes int64 `json:"unique_bytes"`
+	// SharedBytes are the layers of its chain other leaves stand on too.
+	SharedBytes int64 `json:"shared_bytes"`
+	// Layers is the chain's length, itself included.
+	Layers int `json:"layers"`
+}
+
+// Report is the store's accounting; its JSON form is a stable interface.
+type Report struct {
+	// LogicalBytes is every leaf's chain summed as if nothing were shared.
+	LogicalBytes int64 `json:"logical_bytes"`
+	// PhysicalBytes is every layer counted once: what the store holds.
+	PhysicalBytes int64 `json:"physical_bytes"`
+	// SavedBytes is LogicalBytes - PhysicalBytes: what sharing saves.
+	SavedBytes int64 `json:"saved_bytes"`
+	// PhysicalInodes is every layer's inodes counted once.
+	PhysicalInodes int64  `json:"physical_inodes"`
+	Leaves         []Leaf `json:"leaves"`
+}
+
+// Compute accounts for a forest of snapshots. Every parent must be among
+// nodes.
+func Compute(nodes []Node) (Report, error) {
+	byKey := make(map[string]Node, len(nodes))
+	hasChild := map[string]bool{}
+	for _, n := range nodes {
+		byKey[n.Key] = n
+	}
+	for _, n := range nodes {
+		if n.Parent == "" {
+			continue
+		}
+		if _, ok := byKey[n.Parent]; !ok {
+			return Report{}, fmt.Errorf("snapshot %q has parent %q, which is not in the store", n.Key, n.Parent)
+		}
+		hasChild[n.Parent] = true
+	}
+
+	// Each leaf's chain, and how many leaves stand on each layer.
+	chains := map[string][]string{}
+	users := map[string]int{}
+	var r Report
+	for _, n := range nodes {
+		r.PhysicalBytes += n.Bytes
+		r.PhysicalInodes += n.Inodes
+		if hasChild[n.Key] {
+			continue
+		}
+		var chain []string
+		for k := n.Key; k != ""; k = byKey[k].Parent {
+			if len(chain) > len(nodes) {
+				return Report{}, fmt.Errorf("parent chain of %q loops", n.Key)
+			}
+			chain = append(chain, k)
+			users[k]++
+		}
+		chains[n.Key] = chain
+	}
+	for key, chain := range chains {
+		l := Leaf{Key: key, Kind: byKey[key].Kind, Layers: len(chain)}
+		for _, k := range chain {
+			b := byKey[k].Bytes
+			l.TotalBytes += b
+			if users[k] == 1 {
+				l.UniqueBytes += b
+			} else {
+				l.SharedBytes += b
+			}
+		}
+		r.LogicalBytes += l.TotalBytes
+		r.Leaves = append(r.Leaves, l)
+	}
+	sort.Slice(r.Leaves, func(i, j int) bool { return r.Leaves[i].Key < r.Leaves[j].Key })
+	r.SavedBytes = r.LogicalBytes - r.PhysicalBytes
+	if r.Leaves == nil {
+		r.Leaves = []Leaf{}
+	}
+	return r, nil
+}

@@ -1,0 +1,106 @@
+package accounting
+
+import (
+	"testing"
+)
+
+func leaf(t *testing.T, r Report, key string) Leaf {
+	t.Helper()
+	for _, l := range r.Leaves {
+		if l.Key == key {
+			return l
+		}
+	}
+	t.Fatalf("no leaf %q in %+v", key, r.Leaves)
+	return Leaf{}
+}
+
+func compute(t *testing.T, nodes []Node) Report {
+	t.Helper()
+	r, err := Compute(nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A base of 1000 bytes under two images (10 and 20 bytes on top), and a
+// container (5 bytes) on the first image.
+var forest = []Node{
+	{Key: "base", Kind: "committed", Bytes: 1000},
+	{Key: "img-a", Parent: "base", Kind: "committed", Bytes: 10},
+	{Key: "img-b", Parent: "base", Kind: "committed", Bytes: 20},
+	{Key: "ctr-a", Parent: "img-a", Kind: "active", Bytes: 5},
+}
+
+func TestSharedBase(t *testing.T) {
+	r := compute(t, forest)
+	if len(r.Leaves) != 2 {
+		t.Fatalf("leaves %+v, want ctr-a and img-b", r.Leaves)
+	}
+	a := leaf(t, r, "ctr-a")
+	if a != (Leaf{Key: "ctr-a", Kind: "active", TotalBytes: 1015, UniqueBytes: 15, SharedBytes: 1000, Layers: 3}) {
+		t.Errorf("ctr-a: %+v", a)
+	}
+	b := leaf(t, r, "img-b")
+	if b != (Leaf{Key: "img-b", Kind: "committed", TotalBytes: 1020, UniqueBytes: 20, SharedBytes: 1000, Layers: 2}) {
+		t.Errorf("img-b: %+v", b)
+	}
+	// The base is counted twice logically and once physically.
+	if r.LogicalBytes != 2035 || r.PhysicalBytes != 1035 || r.SavedBytes != 1000 {
+		t.Errorf("logical %d physical %d saved %d, want 2035 1035 1000", r.LogicalBytes, r.PhysicalBytes, r.SavedBytes)
+	}
+}
+
+// TestDivergingChains: three leaves on one long chain that diverges at two
+// points; each layer counts as shared exactly when more than one leaf is
+// above it.
+func TestDivergingChains(t *testing.T) {
+	r := compute(t, []Node{
+		{Key: "l1", Bytes: 100},
+		{Key: "l2", Parent: "l1", Bytes: 200},
+		{Key: "x", Parent: "l2", Bytes: 1},
+		{Key: "l3", Parent: "l2", Bytes: 300},
+		{Key: "y", Parent: "l3", Bytes: 2},
+		{Key: "z", Parent: "l3", Bytes: 4},
+	})
+	for key, want := range map[string][3]int64{
+		"x": {301, 1, 300}, // l1 and l2 shared with y and z
+		"y": {602, 2, 600}, // l1, l2, l3 shared
+		"z": {604, 4, 600},
+	} {
+		l := leaf(t, r, key)
+		if got := [3]int64{l.TotalBytes, l.UniqueBytes, l.SharedBytes}; got != want {
+			t.Errorf("%s: total/unique/shared %v, want %v", key, got, want)
+		}
+	}
+	if r.PhysicalBytes != 607 || r.LogicalBytes != 301+602+604 || r.SavedBytes != r.LogicalBytes-607 {
+		t.Errorf("report %+v", r)
+	}
+}
+
+// TestRemovingALeafMovesSharedToUnique: once ctr-a and img-a are gone, the
+// base is img-b's alone.
+func TestRemovingALeafMovesSharedToUnique(t *testing.T) {
+	r := compute(t, []Node{forest[0], forest[2]})
+	b := leaf(t, r, "img-b")
+	if b.UniqueBytes != 1020 || b.SharedBytes != 0 {
+		t.Errorf("img-b after the other image went: %+v, want all 1020 bytes unique", b)
+	}
+	if r.SavedBytes != 0 {
+		t.Errorf("saved %d with nothing shared", r.SavedBytes)
+	}
+}
+
+func TestMissingParentRefused(t *testing.T) {
+	if _, err := Compute([]Node{{Key: "orphan", Parent: "gone"}}); err == nil {
+		t.Fatal("a snapshot whose parent is missing was accounted")
+	}
+}
+
+func TestEmptyStore(t *testing.T) {
+	r := compute(t, nil)
+	if r.LogicalBytes != 0 || r.PhysicalBytes != 0 || r.Leaves == nil {
+		t.Fatalf("empty store: %+v (leaves must be an empty list, not null)", r)
+	}
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+
+	"github.com/strata-snapshotter/strata/accounting"
+	"github.com/strata-snapshotter/strata/admin"
+)
+
+// writeLayer prepares key on parent, writes one file of n bytes through the
+// mount, and commits it as name unless name is "".
+func writeLayer(t *testing.T, sn snapshots.Snapshotter, key, parent, name string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	ms, err := sn.Prepare(ctx, key, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := mount.All(ms, dir); err != nil {
+		t.Fatal(err)
+	}
+	werr := os.WriteFile(filepath.Join(dir, "file-"+key), []byte(strings.Repeat("x", n)), 0o644)
+	if err := mount.UnmountAll(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	if werr != nil {
+		t.Fatal(werr)
+	}
+	if name != "" {
+		if err := sn.Commit(ctx, name, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// subcommand runs the binary's subcommand against d's admin socket.
+func (d *daemon) subcommand(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	args = append(args[:1:1], append([]string{"--admin-address", d.admin}, args[1:]...)...)
+	cmd := exec.Command(binary, args...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// TestOperatorCommands builds a store of a 1000-byte base under two images
+// (10 and 20 bytes) and a container (5 bytes) on the first, then checks what
+// ls, tree, inspect and du say about it.
+func TestOperatorCommands(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t, t.TempDir())
+	sn := d.snapshotter()
+	writeLayer(t, sn, "base-active", "", "base", 1000)
+	writeLayer(t, sn, "img-a-active", "base", "img-a", 10)
+	writeLayer(t, sn, "img-b-active", "base", "img-b", 20)
+	writeLayer(t, sn, "ctr", "img-a", "", 5)
+
+	out, _, code := d.subcommand(t, "du", "--json")
+	if code != 0 {
+		t.Fatalf("du exited %d", code)
+	}
+	var r accounting.Report
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("du --json: %v\n%s", err, out)
+	}
+	want := accounting.Report{
+		LogicalBytes: 1015 + 1020, PhysicalBytes: 1035, SavedBytes: 1000, PhysicalInodes: r.PhysicalInodes,
+		Leaves: []accounting.Leaf{
+			{Key: "ctr", Kind: "active", TotalBytes: 1015, UniqueBytes: 15, SharedBytes: 1000, Layers: 3},
+			{Key: "img-b", Kind: "committed", TotalBytes: 1020, UniqueBytes: 20, SharedBytes: 1000, Layers: 2},
+		},
+	}
+	if got := jsonOf(r); got != jsonOf(want) {
+		t.Fatalf("du --json:\n got %s\nwant %s", got, jsonOf(want))
+	}
+	for _, key := range []string{"logical_bytes", "physical_bytes", "saved_bytes", "leaves", "unique_bytes", "shared_bytes", "total_bytes"} {
+		if !strings.Contains(out, `"`+key+`"`) {
+			t.Errorf("du --json lacks %q", key)
+		}
+	}
+	table, _, _ := d.subcommand(t, "du")
+	if !strings.Contains(table, "saved 1kB by sharing") || !strings.Contains(table, "ctr") {
+		t.Errorf("du table:\n%s", table)
+	}
+
+	ls, _, _ := d.subcommand(t, "ls")
+	for _, want := range []string{"KEY", "base", "committed", "img-a", "ctr", "active", "1kB"} {
+		if !strings.Contains(ls, want) {
+			t.Errorf("ls lacks %q:\n%s", want, ls)
+		}
+	}
+
+	tree, _, _ := d.subcommand(t, "tree")
+	for _, want := range []string{"base (committed, 1kB)\n", "├── img-a (committed, 10B)\n", "│   └── ctr (active, 5B) *\n", "└── img-b (committed, 20B) *\n"} {
+		if !strings.Contains(tree, want) {
+			t.Errorf("tree lacks %q:\n%s", want, tree)
+		}
+	}
+
+	// inspect: the lower directories in the order the overlay mount uses.
+	out, _, _ = d.subcommand(t, "inspect", "--json", "ctr")
+	var s admin.Snapshot
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, out)
+	}
+	var lowerdir string
+	for _, o := range s.Mounts[0].Options {
+		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+			lowerdir = v
+		}
+	}
+	if lowerdir == "" || s.GraphDriver.Data.LowerDir != lowerdir || len(strings.Split(lowerdir, ":")) != 2 {
+		t.Fatalf("inspect LowerDir %q, mount's lowerdir %q", s.GraphDriver.Data.LowerDir, lowerdir)
+	}
+	if _, err := os.Stat(filepath.Join(strings.Split(lowerdir, ":")[0], "file-img-a-active")); err != nil {
+		t.Errorf("first LowerDir is not img-a's layer: %v", err)
+	}
+	if s.Usage.Bytes != 5 || s.GraphDriver.Data.WorkDir == "" || s.GraphDriver.Data.UpperDir == "" {
+		t.Errorf("inspect ctr: %+v", s)
+	}
+	human, _, _ := d.subcommand(t, "inspect", "ctr")
+	for _, want := range []string{"LowerDir:", "UpperDir:", "WorkDir:", "Mount:", "type=overlay"} {
+		if !strings.Contains(human, want) {
+			t.Errorf("inspect lacks %q:\n%s", want, human)
+		}
+	}
+
+	t.Logf("du:\n%s\nls:\n%s\ntree:\n%s\ninspect ctr:\n%s", table, ls, tree, human)
+	if _, stderr, code := d.subcommand(t, "inspect", "nope"); code != 1 || !strings.Contains(stderr, "no such snapshot") {
+		t.Errorf("inspect of an unknown key: exit %d, %q", code, stderr)
+	}
+	d.stop()
+	if _, stderr, code := d.subcommand(t, "ls"); code != 1 || !strings.Contains(stderr, d.admin) {
+		t.Errorf("ls with the daemon down: exit %d, %q; want 1 and the socket's path", code, stderr)
+	}
+}
+
+func jsonOf(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,70 @@
+package snapshotter
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+
+	"github.com/strata-snapshotter/strata/metadata"
+)
+
+// Detail is everything strata knows of one snapshot, for operators.
+type Detail struct {
+	snapshots.Info
+	ID uint64
+	// Usage of the snapshot's own layer: stored at Commit for a committed
+	// snapshot, measured now for an active one; a view's own layer is
+	// empty.
+	Usage metadata.Usage
+	// Dir holds the snapshot's own files.
+	Dir string
+	// LowerDirs are the layers below, nearest first: the order of
+	// lowerdir= in the overlay mount.
+	LowerDirs []string
+	// WorkDir is overlay's workdir, for an active snapshot.
+	WorkDir string
+	// Mounts are what Mounts returns, for active snapshots and views.
+	Mounts []mount.Mount
+}
+
+// Details describes every snapshot. Committed layers are not walked; active
+// ones are, outside any transaction.
+func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
+	var details []Detail
+	err := s.db.View(func(tx *metadata.Tx) error {
+		return tx.Walk(func(rec metadata.Snapshot) error {
+			chain, err := tx.Chain(rec)
+			if err != nil {
+				return err
+			}
+			d := Detail{Info: rec.Info(), ID: rec.ID, Usage: rec.Usage, Dir: s.layout.layer(rec.Dir)}
+			for _, p := range chain {
+				d.LowerDirs = append(d.LowerDirs, s.layout.layer(p.Dir))
+			}
+			if rec.Kind == snapshots.KindActive {
+				d.WorkDir = s.layout.work(rec.Dir)
+			}
+			if rec.Kind != snapshots.KindCommitted {
+				d.Mounts = s.mounts(rec, chain)
+			}
+			details = append(details, d)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range details {
+		if d.Kind != snapshots.KindActive {
+			continue
+		}
+		u, err := diskUsage(ctx, d.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("measure usage of %q: %w", d.Name, err)
+		}
+		details[i].Usage = u
+	}
+	return details, nil
+}
