@@ -32,6 +32,27 @@ func regularBytes(t *testing.T, dir string) int64 {
 	return n
 }
 
+// apparentBytes sums the sizes of everything but directories under dir.
+func apparentBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += fi.Size()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // TestSharedLayersStoredOnce: two images sharing three base layers, pulled
 // one after the other. Each shared layer is one committed snapshot and one
 // directory, and the bytes under strata's root are those of the five
