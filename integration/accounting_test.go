@@ -66,6 +66,7 @@ func TestSharedLayerAccounting(t *testing.T) {
 	for _, c := range []struct{ name, img string }{{"a1", imgSharedA}, {"a2", imgSharedA}, {"b1", imgSharedB}, {"b2", imgSharedB}} {
 		e.nerdctl("run", "-d", "--name", c.name, "--net", "none", c.img, "sleep", "3600")
 	}
+	e.collectGarbage(imgSharedA)
 	r = e.du()
 	upper := int64(0) // what the containers' writable layers hold
 	leaves := 0

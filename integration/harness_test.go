@@ -351,6 +351,18 @@ func (e *Env) nerdctlArgs(args ...string) []string {
 	}, args...)
 }
 
+// collectGarbage runs containerd's garbage collection and waits for it.
+// containerd removes a snapshot from strata only when it collects garbage,
+// some time after the snapshot was released (nerdctl run, for one, releases
+// a temporary view of the image); a synchronous collection makes strata's
+// view of the store deterministic. ctr offers one only through an image
+// removal, so this removes a throwaway tag of img.
+func (e *Env) collectGarbage(img string) {
+	e.t.Helper()
+	e.ctr("images", "tag", img, "strata-test/gc-trigger:latest")
+	e.ctr("images", "rm", "--sync", "strata-test/gc-trigger:latest")
+}
+
 // snapshots lists strata's snapshots as ctr shows them: key -> kind.
 func (e *Env) snapshots(ns string) map[string]string {
 	e.t.Helper()
@@ -365,7 +377,7 @@ func (e *Env) snapshots(ns string) map[string]string {
 	return m
 }
 
-// layerDirs lists strata's layer directories.
+// layerDirs lists strata's layer directories, those of recorded snapshots.
 func (e *Env) layerDirs() []string {
 	e.t.Helper()
 	es, err := os.ReadDir(filepath.Join(e.StrataRoot, "layers"))
@@ -374,7 +386,10 @@ func (e *Env) layerDirs() []string {
 	}
 	var names []string
 	for _, x := range es {
-		names = append(names, x.Name())
+		// Skip layers being built (tmp-) or deleted in the background (rm-).
+		if !strings.Contains(x.Name(), "-") {
+			names = append(names, x.Name())
+		}
 	}
 	sort.Strings(names)
 	return names
