@@ -30,6 +30,7 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/metadata"
 	"github.com/strata-snapshotter/strata/mounts"
@@ -49,12 +50,18 @@ type Opt func(*config)
 
 type config struct {
 	syncRemove   bool
+	noCommitSync bool
 	mountOptions []string
 }
 
 // WithSyncRemove makes Remove delete a snapshot's files before it returns,
 // instead of in the background.
 func WithSyncRemove(c *config) { c.syncRemove = true }
+
+// WithoutCommitSync makes Commit acknowledge without first flushing the
+// layer's data to disk: faster, but a power loss soon after may leave a
+// committed layer with missing or empty files.
+func WithoutCommitSync(c *config) { c.noCommitSync = true }
 
 // WithMountOptions adds options to every overlay mount strata returns.
 func WithMountOptions(options []string) Opt {
@@ -65,6 +72,7 @@ type snapshotter struct {
 	layout     layout
 	db         *metadata.DB
 	syncRemove bool
+	commitSync bool
 	options    []string // overlay mount options
 
 	mu       sync.Mutex
@@ -94,6 +102,15 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 	if root, err = filepath.EvalSymlinks(root); err != nil {
 		return nil, fmt.Errorf("resolve root: %w", err)
 	}
+	// Layers hold every container's files: only root may look in.
+	if fi, err := os.Stat(root); err != nil {
+		return nil, err
+	} else if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		log.G(ctx).WithField("root", root).WithField("mode", fmt.Sprintf("%#o", perm)).Warn("root directory was open to other users; setting it to 0700")
+		if err := os.Chmod(root, 0o700); err != nil {
+			return nil, fmt.Errorf("restrict root: %w", err)
+		}
+	}
 	l := layout{root: root}
 	if err := l.init(); err != nil {
 		return nil, fmt.Errorf("create layout under %s: %w", root, err)
@@ -118,6 +135,7 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		layout:     l,
 		db:         db,
 		syncRemove: c.syncRemove,
+		commitSync: !c.noCommitSync,
 		options:    options,
 		removing:   map[string]bool{},
 	}
@@ -161,7 +179,7 @@ func (s *snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 		return err
 	})
 	if err != nil {
-		return snapshots.Info{}, err
+		return snapshots.Info{}, resourceKind(err)
 	}
 	return rec.Info(), nil
 }
@@ -302,7 +320,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, resourceKind(err)
 	}
 	return ms, nil
 }
@@ -378,14 +396,41 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return err
 	}
-	usage, err := diskUsage(ctx, s.layout.layer(rec.Dir))
+	dir := s.layout.layer(rec.Dir)
+	usage, err := diskUsage(ctx, dir)
 	if err != nil {
-		return fmt.Errorf("measure usage of %q: %w", key, err)
+		return resourceKind(fmt.Errorf("measure usage of %q: %w", key, err))
 	}
-	return s.db.Update(func(tx *metadata.Tx) error {
+	if s.commitSync {
+		// The layer's files reach the disk before the commit is
+		// acknowledged (bbolt syncs the index itself). syncfs flushes the
+		// filesystem once, cheaper than an fsync per file of a layer.
+		if err := syncFS(dir); err != nil {
+			return resourceKind(fmt.Errorf("flush layer %q to disk: %w", key, err))
+		}
+	}
+	return resourceKind(s.db.Update(func(tx *metadata.Tx) error {
 		_, err := tx.Commit(key, name, rec.ID, usage, base)
 		return err
-	})
+	}))
+}
+
+func syncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// resourceKind marks a full disk (or quota) as ResourceExhausted, so
+// clients see the cause in the gRPC code instead of Unknown.
+func resourceKind(err error) error {
+	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) && !errdefs.IsResourceExhausted(err) {
+		return fmt.Errorf("%w: %w", err, errdefs.ErrResourceExhausted)
+	}
+	return err
 }
 
 // Remove forgets the snapshot key and deletes its files, in the background
@@ -427,7 +472,7 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 				log.G(ctx).WithError(rerr).WithField("key", key).Error("failed to restore directory of a snapshot whose removal did not commit")
 			}
 		}
-		return err
+		return resourceKind(err)
 	}
 	if removed != "" {
 		s.delete(ctx, removed)

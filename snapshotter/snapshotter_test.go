@@ -425,3 +425,27 @@ func TestActiveUsageToleratesVanishingFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestRootMadePrivate: a root open to other users is closed at start.
+func TestRootMadePrivate(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := filepath.Join(t.TempDir(), "root")
+	if err := os.Mkdir(root, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(root, 0o777); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	sn, err := New(context.Background(), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Close()
+	fi, err := os.Stat(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o700 {
+		t.Fatalf("root has mode %#o after start, want 0700", perm)
+	}
+}

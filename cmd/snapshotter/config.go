@@ -34,6 +34,8 @@ type Config struct {
 	LogLevel string `toml:"log_level"`
 	// SyncRemove deletes a removed snapshot's files before Remove returns.
 	SyncRemove bool `toml:"sync_remove"`
+	// SyncOnCommit flushes a layer's files to disk before Commit returns.
+	SyncOnCommit bool `toml:"sync_on_commit"`
 	// MountOptions are added to every overlay mount.
 	MountOptions []string `toml:"mount_options"`
 	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
@@ -60,6 +62,7 @@ func defaultConfig() Config {
 		Address:         defaultAddress,
 		AdminAddress:    defaultAdmin,
 		LogLevel:        "info",
+		SyncOnCommit:    true,
 		ShutdownTimeout: duration{10 * time.Second},
 	}
 }

@@ -26,6 +26,7 @@ root = "/srv/strata"
 address = "/srv/strata.sock"
 log_level = "debug"
 sync_remove = true
+sync_on_commit = false
 mount_options = ["volatile"]
 shutdown_timeout = "3s"
 `)

@@ -36,6 +36,9 @@ func serve(ctx context.Context, cfg Config) error {
 	if cfg.SyncRemove {
 		opts = append(opts, snapshotter.WithSyncRemove)
 	}
+	if !cfg.SyncOnCommit {
+		opts = append(opts, snapshotter.WithoutCommitSync)
+	}
 	if len(cfg.MountOptions) > 0 {
 		opts = append(opts, snapshotter.WithMountOptions(cfg.MountOptions))
 	}
