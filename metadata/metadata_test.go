@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -344,5 +345,68 @@ func TestReserveIDs(t *testing.T) {
 	}
 	if s := create(t, db, "b", "", snapshots.KindActive); s.ID != 100002 {
 		t.Fatalf("id %d, want 100002", s.ID)
+	}
+}
+
+// TestCheck: a consistent index has no findings; each kind of damage, done
+// to the file as a bug or a bad disk would, is found.
+func TestCheck(t *testing.T) {
+	db, path := openTest(t)
+	create(t, db, "base-a", "", snapshots.KindActive)
+	base := commit(t, db, "base-a", "base")
+	c1 := create(t, db, "c1", "base", snapshots.KindActive)
+	check := func() []string {
+		var f []string
+		db.View(func(tx *Tx) error { f = tx.Check(); return nil })
+		return f
+	}
+	if f := check(); len(f) != 0 {
+		t.Fatalf("a consistent index has findings: %v", f)
+	}
+	db.Close()
+
+	for _, tc := range []struct {
+		name   string
+		damage func(root *bolt.Bucket) error
+		want   string
+	}{
+		{"child link lost", func(r *bolt.Bucket) error {
+			return r.Bucket(bucketChildren).Delete(childKey(base.ID, c1.ID))
+		}, `snapshot "c1" is missing from the children of "base"`},
+		{"id index lost", func(r *bolt.Bucket) error { return r.Bucket(bucketIDs).Delete(u64(c1.ID)) }, `snapshot "c1" has id`},
+		{"stray directory entry", func(r *bolt.Bucket) error { return r.Bucket(bucketDirs).Put([]byte("STRAY1"), u64(999)) }, `directory index entry "STRAY1" belongs to no snapshot`},
+		{"parent gone", func(r *bolt.Bucket) error {
+			return r.Bucket(bucketSnapshots).Bucket([]byte("c1")).Put(fieldParent, []byte("nope"))
+		}, `parent "nope", which does not exist`},
+		{"implausible usage", func(r *bolt.Bucket) error {
+			return r.Bucket(bucketSnapshots).Bucket([]byte("base")).Put(fieldInodes, u64(0))
+		}, `implausible stored usage`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			copyPath := filepath.Join(t.TempDir(), "copy.db")
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(copyPath, b, 0o600)
+			raw, err := bolt.Open(copyPath, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := raw.Update(func(tx *bolt.Tx) error { return tc.damage(tx.Bucket(bucketRoot)) }); err != nil {
+				t.Fatal(err)
+			}
+			raw.Close()
+			db, err := Open(context.Background(), copyPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			var f []string
+			db.View(func(tx *Tx) error { f = tx.Check(); return nil })
+			if !strings.Contains(strings.Join(f, "\n"), tc.want) {
+				t.Fatalf("findings %q, want one containing %q", f, tc.want)
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"maps"
+	"sort"
 	"strings"
 	"time"
 
@@ -472,4 +473,88 @@ func u64(v uint64) []byte {
 
 func childKey(parent, child uint64) []byte {
 	return append(u64(parent), u64(child)...)
+}
+
+// Check verifies that the index agrees with itself: every record's id, name
+// and parent link are in the indexes, every index entry names a record that
+// agrees, parents exist and are committed, chains end without a loop, and
+// stored usage is plausible. It returns what it finds wrong.
+func (t *Tx) Check() []string {
+	var findings []string
+	add := func(format string, args ...any) { findings = append(findings, fmt.Sprintf(format, args...)) }
+	records := map[string]Snapshot{}
+	err := t.snapshots.ForEachBucket(func(k []byte) error {
+		s, err := readSnapshot(string(k), t.snapshots.Bucket(k))
+		if err != nil {
+			add("%v", err)
+			return nil
+		}
+		records[s.Key] = s
+		return nil
+	})
+	if err != nil {
+		add("cannot read the snapshots: %v", err)
+	}
+	for key, s := range records {
+		if s.Kind < snapshots.KindView || s.Kind > snapshots.KindCommitted {
+			add("snapshot %q has unknown kind %d", key, s.Kind)
+		}
+		if got := string(t.ids.Get(u64(s.ID))); got != key {
+			add("snapshot %q has id %d, but the id index names %q", key, s.ID, got)
+		}
+		if v := t.dirs.Get([]byte(s.Dir)); len(v) != 8 || binary.BigEndian.Uint64(v) != s.ID {
+			add("snapshot %q has directory %q, which the directory index does not give to it", key, s.Dir)
+		}
+		if s.Parent != "" {
+			p, ok := records[s.Parent]
+			switch {
+			case !ok:
+				add("snapshot %q has parent %q, which does not exist", key, s.Parent)
+			case p.Kind != snapshots.KindCommitted:
+				add("snapshot %q has parent %q, which is %v, not committed", key, s.Parent, p.Kind)
+			case string(t.children.Get(childKey(p.ID, s.ID))) != key:
+				add("snapshot %q is missing from the children of %q", key, s.Parent)
+			}
+		}
+		if _, err := t.Chain(s); err != nil {
+			add("%v", err)
+		}
+		u := s.Usage
+		if s.Kind == snapshots.KindCommitted {
+			if u.Size < 0 || u.Bytes < 0 || u.Inodes < 1 {
+				add("committed snapshot %q has implausible stored usage %+v", key, u)
+			}
+		} else if u != (Usage{}) {
+			add("%v snapshot %q has stored usage %+v; only committed ones should", s.Kind, key, u)
+		}
+	}
+	_ = t.ids.ForEach(func(k, v []byte) error {
+		if s, ok := records[string(v)]; !ok || len(k) != 8 || s.ID != binary.BigEndian.Uint64(k) {
+			add("id index entry %x names %q, which has no such id", k, v)
+		}
+		return nil
+	})
+	idOfDir := map[string]uint64{}
+	for _, s := range records {
+		idOfDir[s.Dir] = s.ID
+	}
+	_ = t.dirs.ForEach(func(k, v []byte) error {
+		if id, ok := idOfDir[string(k)]; !ok || len(v) != 8 || id != binary.BigEndian.Uint64(v) {
+			add("directory index entry %q belongs to no snapshot", k)
+		}
+		return nil
+	})
+	_ = t.children.ForEach(func(k, v []byte) error {
+		c, ok := records[string(v)]
+		if len(k) != 16 || !ok || c.ID != binary.BigEndian.Uint64(k[8:]) {
+			add("children index entry %x names %q, which does not match", k, v)
+			return nil
+		}
+		if p, ok := records[c.Parent]; !ok || p.ID != binary.BigEndian.Uint64(k[:8]) {
+			add("children index lists %q under parent id %d, but its parent is %q", v, binary.BigEndian.Uint64(k[:8]), c.Parent)
+		}
+		return nil
+	})
+	sort.Strings(findings)
+	return findings
 }

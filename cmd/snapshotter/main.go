@@ -31,6 +31,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if cmd, ok := subcommands[args[0]]; ok {
 			return runSubcommand(args[0], cmd, args[1:], stdout, stderr)
 		}
+		if args[0] == "fsck" {
+			return runFsck(args[1:], stdout, stderr)
+		}
 	}
 	cfg, showVersion, err := parseConfig(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -73,7 +76,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		return Config{}, false, err
 	}
 	if fl.NArg() > 0 {
-		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du)", fl.Arg(0))
+		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du, fsck)", fl.Arg(0))
 	}
 	if *showVersion {
 		return Config{}, true, nil

@@ -1,0 +1,99 @@
+package snapshotter
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestFsck: a store left by a clean run is clean; each kind of damage is
+// found; --repair removes only what no snapshot owns.
+func TestFsck(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"f": "x"})
+	commitLayer(t, sn, "top", "base", map[string]string{"g": "y"})
+	if _, err := sn.Prepare(ctx, "ctr", "top"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.View(ctx, "view", "base"); err != nil {
+		t.Fatal(err)
+	}
+	details, err := sn.Details(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirOf := map[string]string{}
+	for _, d := range details {
+		dirOf[d.Name] = d.Dir
+	}
+
+	// fsck refuses a store in use.
+	if _, err := Fsck(ctx, root, false); err == nil || !strings.Contains(err.Error(), "locked") {
+		t.Fatalf("fsck of a running store: %v, want a lock error", err)
+	}
+	sn.Close()
+	r, err := Fsck(ctx, root, false)
+	if err != nil || len(r.Findings) != 0 {
+		t.Fatalf("clean store: findings %q, %v", r.Findings, err)
+	}
+
+	// Damage: a committed layer changed, a work directory lost, and
+	// leftovers nobody owns.
+	if err := os.WriteFile(filepath.Join(dirOf["base"], "extra"), []byte("zz"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(root, workDir, filepath.Base(dirOf["ctr"]))); err != nil {
+		t.Fatal(err)
+	}
+	leftovers := []string{filepath.Join(root, layersDir, "tmp-1"), filepath.Join(root, layersDir, "rm-ZZZZZZ"), filepath.Join(root, workDir, "QQQQQQ")}
+	for _, d := range leftovers {
+		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err = Fsck(ctx, root, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(r.Findings, "\n")
+	for _, want := range []string{
+		`committed snapshot "base" holds`,
+		`active snapshot "ctr": its work directory`,
+		"tmp-1 belongs to no snapshot",
+		"rm-ZZZZZZ belongs to no snapshot",
+		"QQQQQQ belongs to no snapshot",
+	} {
+		if !strings.Contains(all, want) {
+			t.Errorf("findings lack %q:\n%s", want, all)
+		}
+	}
+	if len(r.Removed) != 0 {
+		t.Fatalf("fsck without --repair removed %v", r.Removed)
+	}
+
+	r, err = Fsck(ctx, root, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Removed) != len(leftovers) {
+		t.Fatalf("repair removed %v, want the %d leftovers", r.Removed, len(leftovers))
+	}
+	for _, d := range leftovers {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s survived the repair", d)
+		}
+	}
+	// What belongs to a snapshot is never removed, damaged or not.
+	for _, key := range []string{"base", "top", "ctr", "view"} {
+		if _, err := os.Stat(dirOf[key]); err != nil {
+			t.Errorf("repair touched %s's layer: %v", key, err)
+		}
+	}
+	r, _ = Fsck(ctx, root, false)
+	if len(r.Findings) != 2 {
+		t.Fatalf("after repair: %q, want only the two unrepairable findings", r.Findings)
+	}
+}
