@@ -7,7 +7,9 @@ BINARY  := bin/strata-snapshotter
 # Every package but the integration tests, which run after them.
 PACKAGES = $(shell $(GO) list ./... | grep -v /integration$$)
 
-.PHONY: all build test unit integration tools vet clean
+FUZZTIME ?= 20s
+
+.PHONY: all build test unit integration fuzz tools vet clean
 
 all: build
 
@@ -19,7 +21,12 @@ build:
 # 500-layer chain; then the integration tests under a real containerd.
 test: vet
 	$(GO) test -race -count=1 $(PACKAGES)
+	$(MAKE) fuzz
 	$(MAKE) integration
+
+# Hostile input through the gRPC API; make fuzz FUZZTIME=10m for a longer run.
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzSnapshotsAPI -fuzztime $(FUZZTIME) ./cmd/snapshotter
 
 # strata under containerd, ctr, nerdctl, BuildKit and CRI. The first run
 # builds the tools (integration/tools/install.sh, about 7 minutes).

@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if fuzzServer.dir != "" {
+		os.RemoveAll(fuzzServer.dir)
+	}
 	os.Exit(code)
 }
 

@@ -14,6 +14,7 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
@@ -65,8 +66,7 @@ func serve(ctx context.Context, cfg Config) error {
 		}
 	}()
 
-	srv := grpc.NewServer(grpc.StreamInterceptor(streamErrorsToGRPC))
-	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	srv := newGRPCServer(sn)
 
 	adminSrv := &http.Server{Handler: admin.Handler(sn), ReadHeaderTimeout: 10 * time.Second}
 
@@ -106,6 +106,13 @@ func serve(ctx context.Context, cfg Config) error {
 		adminSrv.Close()
 	}
 	return nil
+}
+
+// newGRPCServer serves containerd's Snapshots API for sn.
+func newGRPCServer(sn snapshots.Snapshotter) *grpc.Server {
+	srv := grpc.NewServer(grpc.StreamInterceptor(streamErrorsToGRPC))
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	return srv
 }
 
 // streamErrorsToGRPC gives streaming calls the error codes unary calls get:
