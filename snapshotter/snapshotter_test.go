@@ -449,3 +449,45 @@ func TestRootMadePrivate(t *testing.T) {
 		t.Fatalf("root has mode %#o after start, want 0700", perm)
 	}
 }
+
+// TestPlantedSymlinksNotFollowed: a container plants symlinks to outside the
+// root in its layer. strata measures, commits, removes and cleans up without
+// following them: the files outside are neither counted nor touched.
+func TestPlantedSymlinksNotFollowed(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithSyncRemove)
+	ctx := context.Background()
+	victim := t.TempDir()
+	big := strings.Repeat("v", 1<<20)
+	if err := os.WriteFile(filepath.Join(victim, "precious"), []byte(big), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := sn.Prepare(ctx, "evil", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := upperOf(ms)
+	for name, target := range map[string]string{"dir-link": victim, "file-link": filepath.Join(victim, "precious"), "up": "../../../../../../../../"} {
+		if err := os.Symlink(target, filepath.Join(layer, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := sn.Usage(ctx, "evil")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Size >= int64(len(big)) {
+		t.Fatalf("usage %+v counts what the links point to", u)
+	}
+	if err := sn.Commit(ctx, "evil-c", "evil"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Remove(ctx, "evil-c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(victim, "precious")); err != nil || string(b) != big {
+		t.Fatalf("file outside the root touched: %d bytes, %v", len(b), err)
+	}
+}
