@@ -246,9 +246,10 @@ func TestCrashConsistency(t *testing.T) {
 		checks += verify(t, d, m)
 		sn := d.snapshotter()
 		done := make(chan struct{})
+		clientRNG := rand.New(rand.NewPCG(rng.Uint64(), uint64(k)))
 		go func() {
 			defer close(done)
-			crashClient(t, sn, m, rand.New(rand.NewPCG(rng.Uint64(), uint64(k))), work)
+			crashClient(t, sn, m, clientRNG, work)
 		}()
 		// A random moment: often mid-operation, sometimes before the
 		// client's first call.
