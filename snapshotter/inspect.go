@@ -68,3 +68,27 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 	}
 	return details, nil
 }
+
+// Stats is a summary of the store from the index alone, cheap enough for
+// every metrics scrape and health check.
+type Stats struct {
+	// Snapshots counts snapshots by kind.
+	Snapshots map[snapshots.Kind]int
+	// Bytes and Inodes sum the usage stored for committed layers.
+	Bytes, Inodes int64
+}
+
+// Stats reads the summary in one read transaction; an error means the
+// index cannot be read.
+func (s *snapshotter) Stats(ctx context.Context) (Stats, error) {
+	st := Stats{Snapshots: map[snapshots.Kind]int{}}
+	err := s.db.View(func(tx *metadata.Tx) error {
+		return tx.Walk(func(rec metadata.Snapshot) error {
+			st.Snapshots[rec.Kind]++
+			st.Bytes += rec.Usage.Bytes
+			st.Inodes += rec.Usage.Inodes
+			return nil
+		})
+	})
+	return st, err
+}

@@ -37,12 +37,13 @@ import (
 )
 
 // Snapshotter is what New returns: containerd's snapshotter interface, its
-// Cleaner, which containerd's garbage collector calls, and Details for the
-// operator's view of the store.
+// Cleaner, which containerd's garbage collector calls, and Details and Stats
+// for the operator's view of the store.
 type Snapshotter interface {
 	snapshots.Snapshotter
 	snapshots.Cleaner
 	Details(ctx context.Context) ([]Detail, error)
+	Stats(ctx context.Context) (Stats, error)
 }
 
 // Opt configures New.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,9 @@ type Config struct {
 	Address string `toml:"address"`
 	// AdminAddress is the unix socket serving the operator's JSON API.
 	AdminAddress string `toml:"admin_address"`
+	// MetricsAddress serves Prometheus metrics and /healthz: a unix socket
+	// path or a loopback host:port; empty is off.
+	MetricsAddress string `toml:"metrics_address"`
 	// LogLevel is one of trace, debug, info, warn, error, fatal, panic.
 	LogLevel string `toml:"log_level"`
 	// SyncRemove deletes a removed snapshot's files before Remove returns.
@@ -107,6 +111,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%s: %w", key, err)
 		}
 	}
+	if err := validateMetricsAddress(c.MetricsAddress); err != nil {
+		return fmt.Errorf("metrics_address: %w", err)
+	}
 	if c.Address == c.AdminAddress {
 		return fmt.Errorf("admin_address: %q is also the Snapshots API's address", c.AdminAddress)
 	}
@@ -120,6 +127,25 @@ func (c *Config) validate() error {
 	}
 	if c.ShutdownTimeout.Duration < 0 {
 		return fmt.Errorf("shutdown_timeout: %v must not be negative", c.ShutdownTimeout)
+	}
+	return nil
+}
+
+// validateMetricsAddress allows a unix socket or a loopback TCP address:
+// metrics are for the node's own Prometheus agent, not the network.
+func validateMetricsAddress(addr string) error {
+	if addr == "" || strings.HasPrefix(addr, "/") {
+		if addr == "" {
+			return nil
+		}
+		return validateSocketPath(addr)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is neither a unix socket path nor host:port: %v", addr, err)
+	}
+	if ip := net.ParseIP(host); (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+		return fmt.Errorf("%q: metrics listen only on a loopback address (127.0.0.1:%s) or a unix socket", addr, port)
 	}
 	return nil
 }

@@ -69,6 +69,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		root        = fl.String("root", "", "directory holding snapshots and the index (default "+defaultRoot+")")
 		address     = fl.String("address", "", "unix socket to serve the Snapshots API on (default "+defaultAddress+")")
 		admin       = fl.String("admin-address", "", "unix socket to serve the operator's JSON API on (default "+defaultAdmin+")")
+		metricsAddr = fl.String("metrics-address", "", "unix socket or 127.0.0.1:PORT for Prometheus metrics and /healthz (default off)")
 		logLevel    = fl.String("log-level", "", "log level: trace, debug, info, warn, error (default info)")
 		showVersion = fl.Bool("version", false, "print the version and exit")
 	)
@@ -96,6 +97,9 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 	}
 	if set["admin-address"] {
 		cfg.AdminAddress = *admin
+	}
+	if set["metrics-address"] {
+		cfg.MetricsAddress = *metricsAddr
 	}
 	if set["log-level"] {
 		cfg.LogLevel = *logLevel

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,9 +18,14 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
+	sdnotify "github.com/coreos/go-systemd/v22/daemon"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/strata-snapshotter/strata/admin"
+	"github.com/strata-snapshotter/strata/metrics"
 	"github.com/strata-snapshotter/strata/snapshotter"
 )
 
@@ -66,7 +72,8 @@ func serve(ctx context.Context, cfg Config) error {
 		}
 	}()
 
-	srv := newGRPCServer(sn)
+	m := metrics.New(sn, buildVersion())
+	srv := newGRPCServer(sn, grpc.ChainUnaryInterceptor(m.UnaryInterceptor), grpc.ChainStreamInterceptor(m.StreamInterceptor))
 
 	adminSrv := &http.Server{Handler: admin.Handler(sn), ReadHeaderTimeout: 10 * time.Second}
 
@@ -80,11 +87,35 @@ func serve(ctx context.Context, cfg Config) error {
 	log.G(ctx).WithField("address", cfg.Address).WithField("admin_address", cfg.AdminAddress).
 		WithField("root", cfg.Root).WithField("version", buildVersion()).Info("strata-snapshotter serving")
 
+	var metricsSrv *http.Server
+	if cfg.MetricsAddress != "" {
+		ml, err := listenMetrics(cfg.MetricsAddress)
+		if err != nil {
+			srv.Stop()
+			adminSrv.Close()
+			return err
+		}
+		metricsSrv = &http.Server{Handler: m.Handler(healthCheck(sn, cfg.Address)), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := metricsSrv.Serve(ml); !errors.Is(err, http.ErrServerClosed) {
+				served <- fmt.Errorf("metrics: %w", err)
+			}
+		}()
+	}
+	// Tell systemd (Type=notify) the socket serves; a no-op elsewhere.
+	if _, err := sdnotify.SdNotify(false, sdnotify.SdNotifyReady); err != nil {
+		log.G(ctx).WithError(err).Warn("failed to notify systemd")
+	}
+
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve %s: %w", cfg.Address, err)
 	case sig := <-signals:
 		log.G(ctx).WithField("signal", sig.String()).Info("shutting down")
+	}
+	sdnotify.SdNotify(false, sdnotify.SdNotifyStopping)
+	if metricsSrv != nil {
+		defer metricsSrv.Close()
 	}
 	deadline, cancel := context.WithTimeout(ctx, cfg.ShutdownTimeout.Duration)
 	defer cancel()
@@ -108,9 +139,11 @@ func serve(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// newGRPCServer serves containerd's Snapshots API for sn.
-func newGRPCServer(sn snapshots.Snapshotter) *grpc.Server {
-	srv := grpc.NewServer(grpc.StreamInterceptor(streamErrorsToGRPC))
+// newGRPCServer serves containerd's Snapshots API for sn. Interceptors in
+// opts run outside the conversion of errors to gRPC codes, so they see the
+// codes clients see.
+func newGRPCServer(sn snapshots.Snapshotter, opts ...grpc.ServerOption) *grpc.Server {
+	srv := grpc.NewServer(append(opts, grpc.ChainStreamInterceptor(streamErrorsToGRPC))...)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 	return srv
 }
@@ -121,6 +154,40 @@ func newGRPCServer(sn snapshots.Snapshotter) *grpc.Server {
 // InvalidArgument.
 func streamErrorsToGRPC(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	return errgrpc.ToGRPC(handler(srv, ss))
+}
+
+// listenMetrics listens on a unix socket (root only, like the others) or a
+// loopback TCP address.
+func listenMetrics(addr string) (net.Listener, error) {
+	if strings.HasPrefix(addr, "/") {
+		return listen(addr)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// healthCheck is healthy when the index can be read and the Snapshots
+// socket answers a call end to end (a Stat of a key that cannot exist must
+// come back NotFound).
+func healthCheck(sn snapshotter.Snapshotter, address string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if _, err := sn.Stats(ctx); err != nil {
+			return fmt.Errorf("index unreadable: %w", err)
+		}
+		conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_, err = snapshotsapi.NewSnapshotsClient(conn).Stat(ctx, &snapshotsapi.StatSnapshotRequest{Key: "\x00strata-health-check"})
+		if status.Code(err) != codes.NotFound {
+			return fmt.Errorf("snapshots socket %s: %v", address, err)
+		}
+		return nil
+	}
 }
 
 // listen creates the socket at address: its directory 0700, the socket 0600.
