@@ -67,7 +67,7 @@ func TestMetricsMove(t *testing.T) {
 	}
 	for sample, want := range map[string]float64{
 		`strata_grpc_requests_total{method="Prepare"}`:                 2,
-		`strata_grpc_errors_total{code="NotFound",method="Stat"}`:       1,
+		`strata_grpc_errors_total{code="NotFound",method="Stat"}`:      1,
 		`strata_grpc_request_duration_seconds_count{method="Prepare"}`: 2,
 		`strata_snapshots{kind="active"}`:                              2,
 		`strata_snapshots{kind="committed"}`:                           0,
