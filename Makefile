@@ -8,8 +8,13 @@ BINARY  := bin/strata-snapshotter
 PACKAGES = $(shell $(GO) list ./... | grep -v /integration$$)
 
 FUZZTIME ?= 20s
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BINDIR   := $(PREFIX)/bin
+UNIT     := $(DESTDIR)/etc/systemd/system/strata.service
+CONFIG   := $(DESTDIR)/etc/strata/config.toml
 
-.PHONY: all build test unit integration fuzz tools vet clean
+.PHONY: all build test unit integration fuzz tools vet clean install uninstall
 
 all: build
 
@@ -46,3 +51,18 @@ vet:
 
 clean:
 	rm -rf bin
+
+# The binary, a systemd unit, and config.toml.example as /etc/strata/config.toml
+# unless a config is already there. Then: systemctl daemon-reload &&
+# systemctl enable --now strata (before containerd).
+install: build
+	install -D -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/strata-snapshotter
+	mkdir -p $(dir $(UNIT))
+	sed 's|@BINDIR@|$(BINDIR)|' deploy/systemd/strata.service > $(UNIT)
+	chmod 0644 $(UNIT)
+	if [ ! -e $(CONFIG) ]; then install -D -m 0600 config.toml.example $(CONFIG); fi
+
+# Removes what install added; a config that was edited since is kept.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/strata-snapshotter $(UNIT)
+	if cmp -s config.toml.example $(CONFIG); then rm -f $(CONFIG); rmdir --ignore-fail-on-non-empty $(dir $(CONFIG)); fi
