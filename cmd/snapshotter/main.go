@@ -31,8 +31,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if cmd, ok := subcommands[args[0]]; ok {
 			return runSubcommand(args[0], cmd, args[1:], stdout, stderr)
 		}
-		if args[0] == "fsck" {
+		switch args[0] {
+		case "fsck":
 			return runFsck(args[1:], stdout, stderr)
+		case "containerd-config":
+			return runContainerdConfig(args[1:], stdout, stderr)
 		}
 	}
 	cfg, showVersion, err := parseConfig(args, stderr)
@@ -77,7 +80,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		return Config{}, false, err
 	}
 	if fl.NArg() > 0 {
-		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du, fsck)", fl.Arg(0))
+		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du, fsck, containerd-config)", fl.Arg(0))
 	}
 	if *showVersion {
 		return Config{}, true, nil

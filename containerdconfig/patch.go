@@ -1,0 +1,207 @@
+// Package containerdconfig registers strata in a containerd config file. It
+// edits the file's text rather than re-encoding it, so every other key and
+// every comment stays as the operator wrote it, and it changes nothing when
+// the file already says what it should.
+package containerdconfig
+
+import (
+	"fmt"
+	"reflect"
+	"runtime"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// Options say how strata is registered.
+type Options struct {
+	// Address is strata's Snapshots socket.
+	Address string
+	// Root is strata's root, exported so the kubelet can account the image
+	// filesystem's usage.
+	Root string
+	// CRI makes strata the snapshotter of containerd's CRI plugin
+	// (Kubernetes pods).
+	CRI bool
+}
+
+const (
+	transferPlugin = "io.containerd.transfer.v1.local"
+	criImagesV3    = "io.containerd.cri.v1.images" // config versions 3 and 4
+	criV2          = "io.containerd.grpc.v1.cri"   // config version 2
+)
+
+// Patch returns the config with strata registered, and whether anything
+// changed (containerd then needs a restart to see it).
+func Patch(in []byte, o Options) ([]byte, bool, error) {
+	var doc map[string]any
+	if err := toml.Unmarshal(in, &doc); err != nil {
+		return nil, false, fmt.Errorf("parse containerd config: %w", err)
+	}
+	version, _ := doc["version"].(int64)
+	if version < 2 || version > 4 {
+		return nil, false, fmt.Errorf("containerd config version %d: only versions 2, 3 and 4 are supported", version)
+	}
+	t := text{lines: strings.Split(string(in), "\n")}
+
+	// [proxy_plugins.strata], rewritten whole when it differs.
+	want := map[string]any{
+		"type":         "snapshot",
+		"address":      o.Address,
+		"capabilities": []any{"rebase"},
+		"exports":      map[string]any{"root": o.Root},
+	}
+	if !reflect.DeepEqual(dig(doc, "proxy_plugins", "strata"), want) {
+		t.removeTables([]string{"proxy_plugins", "strata"})
+		t.appendBlock(fmt.Sprintf(`[proxy_plugins.strata]
+  type = "snapshot"
+  address = %q
+  # Lets containerd unpack layers in parallel.
+  capabilities = ["rebase"]
+  [proxy_plugins.strata.exports]
+    # The kubelet accounts the image filesystem's usage here.
+    root = %q`, o.Address, o.Root))
+	}
+
+	// An unpack platform for strata in the transfer service, without which
+	// pulls through it fail with "no unpack platforms defined".
+	platform := runtime.GOOS + "/" + runtime.GOARCH
+	found := false
+	if list, ok := dig(doc, "plugins", transferPlugin, "unpack_config").([]any); ok {
+		for _, e := range list {
+			if m, ok := e.(map[string]any); ok && m["snapshotter"] == "strata" {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.appendBlock(fmt.Sprintf(`[[plugins.%q.unpack_config]]
+  platform = %q
+  snapshotter = "strata"
+  differ = "walking"`, transferPlugin, platform))
+	}
+
+	if o.CRI {
+		table, key := []string{"plugins", criImagesV3}, "snapshotter"
+		if version == 2 {
+			table = []string{"plugins", criV2, "containerd"}
+		}
+		if dig(doc, append(table, key)...) != "strata" {
+			t.setKey(table, key, `"strata"`)
+		}
+	}
+	out := []byte(strings.Join(t.lines, "\n"))
+	return out, string(out) != string(in), nil
+}
+
+// dig returns doc[path[0]][path[1]]…, or nil.
+func dig(doc map[string]any, path ...string) any {
+	var v any = doc
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p]
+	}
+	return v
+}
+
+// text is a TOML file as lines, edited by table.
+type text struct{ lines []string }
+
+// header parses a table header line into its key path; ok is false for
+// other lines. Array-of-tables headers ([[…]]) count as tables too.
+func header(line string) (path []string, ok bool) {
+	s := strings.TrimSpace(line)
+	if i := strings.Index(s, "#"); i >= 0 && !strings.ContainsAny(s[:i], `"'`) {
+		s = strings.TrimSpace(s[:i])
+	}
+	if !strings.HasPrefix(s, "[") || !strings.HasSuffix(s, "]") {
+		return nil, false
+	}
+	s = strings.TrimSpace(strings.Trim(s, "[]"))
+	for s != "" {
+		var part string
+		switch s[0] {
+		case '"', '\'':
+			end := strings.IndexByte(s[1:], s[0])
+			if end < 0 {
+				return nil, false
+			}
+			part, s = s[1:end+1], s[end+2:]
+		default:
+			end := strings.IndexByte(s, '.')
+			if end < 0 {
+				end = len(s)
+			}
+			part, s = strings.TrimSpace(s[:end]), s[end:]
+		}
+		path = append(path, part)
+		s = strings.TrimSpace(s)
+		s = strings.TrimSpace(strings.TrimPrefix(s, "."))
+	}
+	return path, true
+}
+
+func hasPrefix(path, prefix []string) bool {
+	return len(path) >= len(prefix) && reflect.DeepEqual(path[:len(prefix)], prefix)
+}
+
+// removeTables deletes every table whose path starts with prefix, header
+// and keys (through the line before the next header).
+func (t *text) removeTables(prefix []string) {
+	var out []string
+	skipping := false
+	for _, l := range t.lines {
+		if p, ok := header(l); ok {
+			skipping = hasPrefix(p, prefix)
+		}
+		if !skipping {
+			out = append(out, l)
+		}
+	}
+	t.lines = out
+}
+
+// appendBlock adds a block at the end, after a blank line.
+func (t *text) appendBlock(block string) {
+	for len(t.lines) > 0 && strings.TrimSpace(t.lines[len(t.lines)-1]) == "" {
+		t.lines = t.lines[:len(t.lines)-1]
+	}
+	t.lines = append(t.lines, "", block, "")
+}
+
+// setKey sets key = value in the table at path: replacing the key's line if
+// the table has one, adding it under the table's header if not, and adding
+// the table at the end if the file has no header for it.
+func (t *text) setKey(path []string, key, value string) {
+	for i, l := range t.lines {
+		p, ok := header(l)
+		if !ok || !reflect.DeepEqual(p, path) {
+			continue
+		}
+		indent := strings.Repeat(" ", len(l)-len(strings.TrimLeft(l, " "))+2)
+		for j := i + 1; j < len(t.lines); j++ {
+			if _, ok := header(t.lines[j]); ok {
+				break
+			}
+			k, _, found := strings.Cut(t.lines[j], "=")
+			if found && strings.Trim(strings.TrimSpace(k), `"'`) == key {
+				lead := t.lines[j][:len(t.lines[j])-len(strings.TrimLeft(t.lines[j], " \t"))]
+				t.lines[j] = lead + key + " = " + value
+				return
+			}
+		}
+		t.lines = append(t.lines[:i+1], append([]string{indent + key + " = " + value}, t.lines[i+1:]...)...)
+		return
+	}
+	quoted := make([]string, len(path))
+	for i, p := range path {
+		quoted[i] = p
+		if strings.ContainsAny(p, ".\"' ") {
+			quoted[i] = fmt.Sprintf("%q", p)
+		}
+	}
+	t.appendBlock(fmt.Sprintf("[%s]\n  %s = %s", strings.Join(quoted, "."), key, value))
+}

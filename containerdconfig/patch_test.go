@@ -1,0 +1,129 @@
+package containerdconfig
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+var opts = Options{Address: "/run/strata/strata.sock", Root: "/var/lib/strata", CRI: true}
+
+func decode(t *testing.T, b []byte) map[string]any {
+	t.Helper()
+	var doc map[string]any
+	if err := toml.Unmarshal(b, &doc); err != nil {
+		t.Fatalf("patched config is not valid TOML: %v\n%s", err, b)
+	}
+	return doc
+}
+
+// checkRegistered asserts everything strata needs is in doc.
+func checkRegistered(t *testing.T, doc map[string]any, criPath ...string) {
+	t.Helper()
+	if dig(doc, "proxy_plugins", "strata", "type") != "snapshot" ||
+		dig(doc, "proxy_plugins", "strata", "address") != opts.Address ||
+		dig(doc, "proxy_plugins", "strata", "exports", "root") != opts.Root {
+		t.Errorf("proxy_plugins.strata: %v", dig(doc, "proxy_plugins", "strata"))
+	}
+	caps, _ := dig(doc, "proxy_plugins", "strata", "capabilities").([]any)
+	if len(caps) != 1 || caps[0] != "rebase" {
+		t.Errorf("capabilities %v", caps)
+	}
+	n := 0
+	list, _ := dig(doc, "plugins", transferPlugin, "unpack_config").([]any)
+	for _, e := range list {
+		if m := e.(map[string]any); m["snapshotter"] == "strata" && m["differ"] == "walking" && strings.HasPrefix(m["platform"].(string), "linux/") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d unpack_config entries for strata, want 1: %v", n, list)
+	}
+	if criPath != nil && dig(doc, criPath...) != "strata" {
+		t.Errorf("CRI snapshotter: %v", dig(doc, criPath...))
+	}
+}
+
+func patchFile(t *testing.T, name string, o Options) (in, out []byte, changed bool) {
+	t.Helper()
+	in, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, changed, err = Patch(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second patch changes nothing.
+	again, changedAgain, err := Patch(out, o)
+	if err != nil || changedAgain || string(again) != string(out) {
+		t.Fatalf("patching twice changed the file again (%v):\n%s", err, again)
+	}
+	return in, out, changed
+}
+
+// keptLines asserts every line of in is in out, except those dropped.
+func keptLines(t *testing.T, in, out []byte, dropped ...string) {
+	t.Helper()
+	for _, l := range strings.Split(string(in), "\n") {
+		skip := false
+		for _, d := range dropped {
+			skip = skip || strings.Contains(l, d)
+		}
+		if !skip && !strings.Contains(string(out), l) {
+			t.Errorf("line lost: %q", l)
+		}
+	}
+}
+
+func TestContainerdDefaultConfig(t *testing.T) {
+	in, out, changed := patchFile(t, "default-v4.toml", opts)
+	if !changed {
+		t.Fatal("reported unchanged")
+	}
+	checkRegistered(t, decode(t, out), "plugins", criImagesV3, "snapshotter")
+	keptLines(t, in, out, "snapshotter = 'overlayfs'")
+}
+
+func TestVersion2KeepsComments(t *testing.T) {
+	in, out, _ := patchFile(t, "v2-commented.toml", opts)
+	checkRegistered(t, decode(t, out), "plugins", criV2, "containerd", "snapshotter")
+	keptLines(t, in, out, `snapshotter = "overlayfs"`)
+	if !strings.Contains(string(out), "      snapshotter = \"strata\"\n") {
+		t.Errorf("snapshotter not replaced in place:\n%s", out)
+	}
+}
+
+func TestStaleRegistrationReplaced(t *testing.T) {
+	in, out, _ := patchFile(t, "v3-stale.toml", Options{Address: opts.Address, Root: opts.Root})
+	doc := decode(t, out)
+	checkRegistered(t, doc)
+	if strings.Count(string(out), "[proxy_plugins.strata]") != 1 || strings.Contains(string(out), "/run/old") {
+		t.Errorf("old registration not replaced:\n%s", out)
+	}
+	keptLines(t, in, out, "/run/old", `type = "snapshot"`, "[proxy_plugins.strata]")
+	if dig(doc, "proxy_plugins", "other", "address") != "/run/other.sock" {
+		t.Error("another proxy plugin was touched")
+	}
+	// Without CRI, the CRI plugin is left alone.
+	if dig(doc, "plugins", criImagesV3) != nil {
+		t.Error("CRI configured though not asked")
+	}
+}
+
+func TestAlreadyPatchedUnchanged(t *testing.T) {
+	_, out, _ := patchFile(t, "default-v4.toml", opts)
+	if _, changed, _ := Patch(out, opts); changed {
+		t.Fatal("a patched config reported as changed")
+	}
+}
+
+func TestUnsupportedVersions(t *testing.T) {
+	for _, in := range []string{"root = '/x'\n", "version = 1\n", "version = 5\n", "version = 3\n[broken"} {
+		if _, _, err := Patch([]byte(in), opts); err == nil {
+			t.Errorf("%q: patched without error", in)
+		}
+	}
+}
