@@ -9,33 +9,11 @@ import (
 	"testing"
 )
 
-// regularBytes sums the sizes of the regular files under dir.
-func regularBytes(t *testing.T, dir string) int64 {
+// fileBytes sums, under dir, the sizes of the regular files and the
+// apparent sizes of everything but directories (regular files, symlinks,
+// whiteouts), as du --bytes --apparent-size counts them less directories.
+func fileBytes(t *testing.T, dir string) (regular, apparent int64) {
 	t.Helper()
-	var n int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			n += fi.Size()
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// apparentBytes sums the sizes of everything but directories under dir.
-func apparentBytes(t *testing.T, dir string) int64 {
-	t.Helper()
-	var n int64
 	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
@@ -44,13 +22,16 @@ func apparentBytes(t *testing.T, dir string) int64 {
 		if err != nil {
 			return err
 		}
-		n += fi.Size()
+		apparent += fi.Size()
+		if d.Type().IsRegular() {
+			regular += fi.Size()
+		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return regular, apparent
 }
 
 // TestSharedLayersStoredOnce: two images sharing three base layers, pulled
@@ -81,7 +62,7 @@ func TestSharedLayersStoredOnce(t *testing.T) {
 	// busybox, the files of layers 2 and 3, and one file per image.
 	distinct := bb.Size() + int64(len("layer 2\n")+len("from layer 2\n")+len("layer 3\n")+len("a\n")+len("b\n"))
 	sum := distinct + bb.Size() + int64(len("layer 2\n")+len("from layer 2\n")+len("layer 3\n"))
-	got := regularBytes(t, filepath.Join(e.StrataRoot, "layers"))
+	got, _ := fileBytes(t, filepath.Join(e.StrataRoot, "layers"))
 	t.Logf("file bytes under strata's root: %d; distinct layers: %d; both images' layers summed: %d", got, distinct, sum)
 	if got != distinct {
 		t.Fatalf("strata stores %d bytes of files, want %d (each shared layer once; summed would be %d)", got, distinct, sum)
