@@ -368,9 +368,9 @@ func (t *Tx) Dirs() map[string]uint64 {
 func (t *Tx) LastID() uint64 { return t.ids.Sequence() }
 
 // ReserveIDsThrough makes sure no id up to and including id is handed out
-// again. The snapshotter calls it at start with the highest id it finds on
-// disk, so a directory left by a transaction that never committed can never
-// collide with a new snapshot's.
+// again, for an index rebuilt or merged beside records that used them. Ids
+// name nothing on disk, so the snapshotter itself never needs it; the deep
+// chain test uses it to start numbering past 100000.
 func (t *Tx) ReserveIDsThrough(id uint64) error {
 	if t.ids.Sequence() >= id {
 		return nil
