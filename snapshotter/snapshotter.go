@@ -440,48 +440,43 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 	if err := validateKey("key", key); err != nil {
 		return err
 	}
-	var (
-		rec     metadata.Snapshot
-		moved   bool
-		dir     string
-		removed string
-	)
-	err = s.db.Update(func(tx *metadata.Tx) (err error) {
-		if rec, err = tx.Remove(key); err != nil {
+	// moved pairs each directory moved aside in the transaction with where
+	// it went: deleted once the transaction commits, put back if it does not.
+	var moved [][2]string
+	err = s.db.Update(func(tx *metadata.Tx) error {
+		rec, err := tx.Remove(key)
+		if err != nil {
 			return err
 		}
-		dir, removed = s.layout.layer(rec.Dir), s.layout.removing(rec.Dir)
-		if err := os.Rename(dir, removed); err != nil {
-			if errors.Is(err, syscall.EBUSY) {
+		// The layer, then its work directory (active snapshots only), go
+		// to rm- names, which no new snapshot can be given.
+		layer := [2]string{s.layout.layer(rec.Dir), s.layout.removing(rec.Dir)}
+		work := [2]string{s.layout.work(rec.Dir), filepath.Join(s.layout.workRoot(), removePrefix+rec.Dir)}
+		for i, m := range [][2]string{layer, work} {
+			err := os.Rename(m[0], m[1])
+			switch {
+			case err == nil:
+				moved = append(moved, m)
+			case errors.Is(err, syscall.EBUSY):
 				return fmt.Errorf("directory of %q is a mount point; unmount it first: %w", key, errdefs.ErrFailedPrecondition)
-			}
-			if !errors.Is(err, os.ErrNotExist) {
+			case !errors.Is(err, os.ErrNotExist):
 				return fmt.Errorf("move directory of %q out of the way: %w", key, err)
+			case i == 0:
+				log.G(ctx).WithField("key", key).WithField("path", m[0]).Warn("removed snapshot had no directory")
 			}
-			log.G(ctx).WithField("key", key).WithField("path", dir).Warn("removed snapshot had no directory")
-			removed = ""
-			return nil
 		}
-		moved = true
 		return nil
 	})
 	if err != nil {
-		if moved {
-			// The rename was the transaction's last step, so only the
-			// commit failed: put the directory back.
-			if rerr := os.Rename(removed, dir); rerr != nil {
+		for i := len(moved) - 1; i >= 0; i-- {
+			if rerr := os.Rename(moved[i][1], moved[i][0]); rerr != nil {
 				log.G(ctx).WithError(rerr).WithField("key", key).Error("failed to restore directory of a snapshot whose removal did not commit")
 			}
 		}
 		return resourceKind(err)
 	}
-	if removed != "" {
-		s.delete(ctx, removed)
-	}
-	// The work directory holds nothing of the snapshot's; a mount point
-	// in it is as unlikely as anywhere, and checked all the same.
-	if _, err := os.Lstat(s.layout.work(rec.Dir)); err == nil {
-		s.delete(ctx, s.layout.work(rec.Dir))
+	for _, m := range moved {
+		s.delete(ctx, m[1])
 	}
 	return nil
 }
@@ -627,6 +622,9 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 				if rerr := os.Rename(s.layout.removing(rec.Dir), dir); rerr == nil {
 					log.G(ctx).WithField("key", rec.Key).Warn("restored directory of a snapshot whose removal did not commit")
 				}
+			}
+			if _, err := os.Stat(s.layout.work(rec.Dir)); errors.Is(err, os.ErrNotExist) {
+				os.Rename(filepath.Join(s.layout.workRoot(), removePrefix+rec.Dir), s.layout.work(rec.Dir))
 			}
 			if _, err := os.Stat(dir); err != nil {
 				missing = append(missing, rec.Key)

@@ -379,9 +379,22 @@ func TestInterruptedRemoveRestored(t *testing.T) {
 	ctx := context.Background()
 	commitLayer(t, sn, "base", "", map[string]string{"f": "content"})
 	name := onlyLayer(t, sn)
-	sn.Close()
-	if err := os.Rename(sn.layout.layer(name), sn.layout.removing(name)); err != nil {
+	active, err := sn.Prepare(ctx, "ctr", "base")
+	if err != nil {
 		t.Fatal(err)
+	}
+	activeName := layerOf(t, active)
+	sn.Close()
+	// Both removals were cut off after their renames: a committed layer,
+	// and an active snapshot's layer and work directory.
+	for _, m := range [][2]string{
+		{sn.layout.layer(name), sn.layout.removing(name)},
+		{sn.layout.layer(activeName), sn.layout.removing(activeName)},
+		{sn.layout.work(activeName), filepath.Join(sn.layout.workRoot(), removePrefix+activeName)},
+	} {
+		if err := os.Rename(m[0], m[1]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	again, err := New(ctx, root)
 	if err != nil {
@@ -397,6 +410,12 @@ func TestInterruptedRemoveRestored(t *testing.T) {
 			t.Fatalf("layer after restart: %q, %v", b, err)
 		}
 	})
+	// The active snapshot mounts again: its work directory is back too.
+	ms, err := again.Mounts(ctx, "ctr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, ms, func(string) {})
 }
 
 // TestActiveUsageToleratesVanishingFiles: measuring an active snapshot while
