@@ -23,18 +23,16 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 	root := fl.String("root", defaultRoot, "strata's root, exported for the kubelet's image filesystem accounting")
 	cri := fl.Bool("cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes)")
 	write := fl.Bool("write", false, "replace the file instead of printing the result")
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 1
+	fl.Usage = func() {
+		fmt.Fprintln(stderr, "usage: strata-snapshotter containerd-config [--file FILE] [--address SOCKET] [--root DIR] [--cri] [--write]")
+		fl.PrintDefaults()
+	}
+	if code, ok := parseArgs(fl, args, 0); !ok {
+		return code
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "strata-snapshotter containerd-config: %v\n", err)
 		return 1
-	}
-	if fl.NArg() != 0 {
-		return fail(fmt.Errorf("unexpected argument %q", fl.Arg(0)))
 	}
 	in, err := os.ReadFile(*file)
 	mode := os.FileMode(0o644)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -20,15 +19,8 @@ func runFsck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: strata-snapshotter fsck [--root DIR] [--repair]")
 		fl.PrintDefaults()
 	}
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 1
-	}
-	if fl.NArg() != 0 {
-		fl.Usage()
-		return 1
+	if code, ok := parseArgs(fl, args, 0); !ok {
+		return code
 	}
 	r, err := snapshotter.Fsck(context.Background(), *root, *repair)
 	if err != nil {

@@ -40,15 +40,8 @@ func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io
 		fmt.Fprintf(stderr, "usage: strata-snapshotter %s [--admin-address SOCKET] [--json]\n", cmd.usage)
 		fl.PrintDefaults()
 	}
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 1
-	}
-	if fl.NArg() != cmd.args {
-		fl.Usage()
-		return 1
+	if code, ok := parseArgs(fl, args, cmd.args); !ok {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -57,6 +50,23 @@ func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io
 		return 1
 	}
 	return 0
+}
+
+// parseArgs parses a subcommand's flags and checks it got nargs positional
+// arguments. When ok is false the subcommand exits with code: 0 for --help,
+// 1 for bad flags or arguments (after the usage).
+func parseArgs(fl *flag.FlagSet, args []string, nargs int) (code int, ok bool) {
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 1, false
+	}
+	if fl.NArg() != nargs {
+		fl.Usage()
+		return 1, false
+	}
+	return 0, true
 }
 
 func printJSON(out io.Writer, v any) error {
