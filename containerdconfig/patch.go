@@ -6,8 +6,10 @@ package containerdconfig
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2"
@@ -23,12 +25,19 @@ type Options struct {
 	// CRI makes strata the snapshotter of containerd's CRI plugin
 	// (Kubernetes pods).
 	CRI bool
+	// RuntimeHandler, when set, adds a CRI runtime handler of that name: a
+	// copy of the default runtime (runc) whose snapshotter is strata. Pods
+	// opt in with a RuntimeClass naming the handler; every other pod,
+	// including strata's own when it runs as a DaemonSet, keeps the default
+	// snapshotter, so it never waits on itself.
+	RuntimeHandler string
 }
 
 const (
 	transferPlugin = "io.containerd.transfer.v1.local"
-	criImagesV3    = "io.containerd.cri.v1.images" // config versions 3 and 4
-	criV2          = "io.containerd.grpc.v1.cri"   // config version 2
+	criImagesV3    = "io.containerd.cri.v1.images"  // config versions 3 and 4
+	criRuntimeV3   = "io.containerd.cri.v1.runtime" // config versions 3 and 4
+	criV2          = "io.containerd.grpc.v1.cri"    // config version 2
 )
 
 // Patch returns the config with strata registered, and whether anything
@@ -90,8 +99,86 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 			t.setKey(table, key, `"strata"`)
 		}
 	}
+	if o.RuntimeHandler != "" {
+		if err := addRuntimeHandler(doc, &t, version, o.RuntimeHandler); err != nil {
+			return nil, false, err
+		}
+	}
 	out := []byte(strings.Join(t.lines, "\n"))
 	return out, string(out) != string(in), nil
+}
+
+// addRuntimeHandler adds (or brings up to date) the CRI runtime handler
+// name: the default runtime's settings, so its pods run the same way (cgroup
+// driver, runc binary), with strata as the snapshotter.
+func addRuntimeHandler(doc map[string]any, t *text, version int64, name string) error {
+	if name == "" || strings.ContainsAny(name, ".\"'[] \t\n") {
+		return fmt.Errorf("runtime handler %q: must be a plain name", name)
+	}
+	base := []string{"plugins", criRuntimeV3, "containerd"}
+	if version == 2 {
+		base = []string{"plugins", criV2, "containerd"}
+	}
+	def, _ := dig(doc, append(base, "default_runtime_name")...).(string)
+	if def == "" {
+		def = "runc"
+	}
+	want := map[string]any{"runtime_type": "io.containerd.runc.v2"}
+	if m, ok := dig(doc, append(base, "runtimes", def)...).(map[string]any); ok && def != name {
+		want = maps.Clone(m)
+	}
+	want["snapshotter"] = "strata"
+	path := append(base, "runtimes", name)
+	if reflect.DeepEqual(dig(doc, path...), want) {
+		return nil
+	}
+	block, err := renderTable(path, want, "")
+	if err != nil {
+		return err
+	}
+	t.removeTables(path)
+	t.appendBlock("# Pods whose RuntimeClass names this handler run on strata; the rest\n# is a copy of the default runtime " + def + ".\n" + strings.TrimRight(block, "\n"))
+	return nil
+}
+
+// renderTable writes m as the TOML table at path: its plain keys, then each
+// sub-table under its full header, keys sorted.
+func renderTable(path []string, m map[string]any, indent string) (string, error) {
+	var b strings.Builder
+	b.WriteString(indent + "[" + tableName(path) + "]\n")
+	keys := slices.Sorted(maps.Keys(m))
+	var subs []string
+	for _, k := range keys {
+		if _, ok := m[k].(map[string]any); ok {
+			subs = append(subs, k)
+			continue
+		}
+		line, err := toml.Marshal(map[string]any{k: m[k]})
+		if err != nil {
+			return "", fmt.Errorf("render %s.%s: %w", tableName(path), k, err)
+		}
+		b.WriteString(indent + "  " + string(line))
+	}
+	for _, k := range subs {
+		sub, err := renderTable(append(slices.Clone(path), k), m[k].(map[string]any), indent+"  ")
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(sub)
+	}
+	return b.String(), nil
+}
+
+// tableName joins a key path for a table header, quoting the keys that need it.
+func tableName(path []string) string {
+	quoted := make([]string, len(path))
+	for i, p := range path {
+		quoted[i] = p
+		if strings.ContainsAny(p, ".\"' ") {
+			quoted[i] = fmt.Sprintf("%q", p)
+		}
+	}
+	return strings.Join(quoted, ".")
 }
 
 // dig returns doc[path[0]][path[1]]…, or nil.
@@ -196,12 +283,5 @@ func (t *text) setKey(path []string, key, value string) {
 		t.lines = append(t.lines[:i+1], append([]string{indent + key + " = " + value}, t.lines[i+1:]...)...)
 		return
 	}
-	quoted := make([]string, len(path))
-	for i, p := range path {
-		quoted[i] = p
-		if strings.ContainsAny(p, ".\"' ") {
-			quoted[i] = fmt.Sprintf("%q", p)
-		}
-	}
-	t.appendBlock(fmt.Sprintf("[%s]\n  %s = %s", strings.Join(quoted, "."), key, value))
+	t.appendBlock(fmt.Sprintf("[%s]\n  %s = %s", tableName(path), key, value))
 }

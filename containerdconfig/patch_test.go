@@ -2,6 +2,7 @@ package containerdconfig
 
 import (
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -124,6 +125,67 @@ func TestUnsupportedVersions(t *testing.T) {
 	for _, in := range []string{"root = '/x'\n", "version = 1\n", "version = 5\n", "version = 3\n[broken"} {
 		if _, _, err := Patch([]byte(in), opts); err == nil {
 			t.Errorf("%q: patched without error", in)
+		}
+	}
+}
+
+// TestRuntimeHandler: the handler is containerd's default runtime with strata
+// as its snapshotter; the CRI plugin's default snapshotter stays as it was.
+func TestRuntimeHandler(t *testing.T) {
+	o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: "strata"}
+	in, out, changed := patchFile(t, "default-v4.toml", o)
+	if !changed {
+		t.Fatal("reported unchanged")
+	}
+	keptLines(t, in, out)
+	doc := decode(t, out)
+	checkRegistered(t, doc)
+	base := []string{"plugins", criRuntimeV3, "containerd", "runtimes"}
+	runc := dig(doc, append(base, "runc")...).(map[string]any)
+	got, ok := dig(doc, append(base, "strata")...).(map[string]any)
+	if !ok {
+		t.Fatalf("no strata runtime handler:\n%s", out)
+	}
+	if got["snapshotter"] != "strata" || got["runtime_type"] != "io.containerd.runc.v2" || got["sandboxer"] != runc["sandboxer"] {
+		t.Errorf("handler %v", got)
+	}
+	if !reflect.DeepEqual(got["options"], runc["options"]) {
+		t.Errorf("handler options %v, runc's %v", got["options"], runc["options"])
+	}
+	if dig(doc, "plugins", criImagesV3, "snapshotter") != "overlayfs" {
+		t.Errorf("CRI default snapshotter changed to %v", dig(doc, "plugins", criImagesV3, "snapshotter"))
+	}
+
+	// The node switches runc to the systemd cgroup driver: the handler follows.
+	systemd := strings.Replace(string(out), "SystemdCgroup = false", "SystemdCgroup = true", 1)
+	again, changed, err := Patch([]byte(systemd), o)
+	if err != nil || !changed {
+		t.Fatalf("changed=%v err=%v", changed, err)
+	}
+	doc = decode(t, again)
+	if dig(doc, append(base, "strata", "options", "SystemdCgroup")...) != true {
+		t.Errorf("handler did not follow runc's options:\n%s", again)
+	}
+	if strings.Count(string(again), "runtimes.strata]") != 1 {
+		t.Errorf("handler table written twice:\n%s", again)
+	}
+}
+
+func TestRuntimeHandlerVersion2(t *testing.T) {
+	o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: "strata"}
+	in, out, _ := patchFile(t, "v2-commented.toml", o)
+	keptLines(t, in, out)
+	doc := decode(t, out)
+	if dig(doc, "plugins", criV2, "containerd", "runtimes", "strata", "snapshotter") != "strata" {
+		t.Errorf("no v2 handler:\n%s", out)
+	}
+}
+
+func TestRuntimeHandlerBadNames(t *testing.T) {
+	for _, name := range []string{"a.b", "a b", `a"b`, "x]"} {
+		o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: name}
+		if _, _, err := Patch([]byte("version = 3\n"), o); err == nil {
+			t.Errorf("%q accepted", name)
 		}
 	}
 }

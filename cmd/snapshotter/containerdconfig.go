@@ -1,20 +1,25 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/strata-snapshotter/strata/containerdconfig"
+	"github.com/strata-snapshotter/strata/containerdproc"
 )
 
 // runContainerdConfig registers strata in containerd's config file. It
 // prints the patched file, or with --write replaces it (only when something
 // changed) and prints "changed" or "unchanged": containerd needs a restart
-// exactly when it says changed.
+// exactly when it says changed. With --restart it also restarts containerd
+// then, and only then: the DaemonSet's init step, which must leave
+// containerd alone when only strata's version changes.
 func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("strata-snapshotter containerd-config", flag.ContinueOnError)
 	fl.SetOutput(stderr)
@@ -22,13 +27,21 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 	address := fl.String("address", defaultAddress, "strata's Snapshots socket")
 	root := fl.String("root", defaultRoot, "strata's root, exported for the kubelet's image filesystem accounting")
 	cri := fl.Bool("cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes)")
+	handler := fl.String("runtime-handler", "", "add a CRI runtime handler of this name, the default runtime with strata as its snapshotter (for a Kubernetes RuntimeClass)")
 	write := fl.Bool("write", false, "replace the file instead of printing the result")
+	restart := fl.Bool("restart", false, "with --write: when the file changed, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back")
+	containerdAddress := fl.String("containerd-address", "/run/containerd/containerd.sock", "containerd's socket, for --restart")
+	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long --restart waits for containerd to stop and come back")
 	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: strata-snapshotter containerd-config [--file FILE] [--address SOCKET] [--root DIR] [--cri] [--write]")
+		fmt.Fprintln(stderr, "usage: strata-snapshotter containerd-config [--file FILE] [--address SOCKET] [--root DIR] [--cri] [--runtime-handler NAME] [--write [--restart]]")
 		fl.PrintDefaults()
 	}
 	if code, ok := parseArgs(fl, args, 0); !ok {
 		return code
+	}
+	if *restart && !*write {
+		fmt.Fprintln(stderr, "strata-snapshotter containerd-config: --restart needs --write")
+		return 1
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "strata-snapshotter containerd-config: %v\n", err)
@@ -46,7 +59,7 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 			mode = fi.Mode().Perm()
 		}
 	}
-	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: *address, Root: *root, CRI: *cri})
+	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: *address, Root: *root, CRI: *cri, RuntimeHandler: *handler})
 	if err != nil {
 		return fail(fmt.Errorf("%s: %w", *file, err))
 	}
@@ -86,5 +99,16 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	fmt.Fprintln(stdout, "changed")
+	if *restart {
+		ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
+		defer cancel()
+		restarted, err := containerdproc.Restart(ctx, *containerdAddress)
+		if err != nil {
+			return fail(err)
+		}
+		if restarted {
+			fmt.Fprintln(stdout, "containerd restarted")
+		}
+	}
 	return 0
 }

@@ -31,3 +31,28 @@ func TestContainerdConfigWrite(t *testing.T) {
 		t.Fatalf("version 1: exit %d, %q", code, stderr.String())
 	}
 }
+
+// --restart without a containerd listening writes the file and leaves it at
+// that; a second run restarts nothing (it is what a DaemonSet's init step
+// does on every strata upgrade). The restart itself is exercised against a
+// real containerd in integration/daemonset_test.go.
+func TestContainerdConfigRestart(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.toml")
+	args := []string{"containerd-config", "--file", file, "--runtime-handler", "strata", "--write", "--restart",
+		"--containerd-address", filepath.Join(dir, "containerd.sock")}
+	for i, want := range []string{"changed\n", "unchanged\n"} {
+		var out, stderr strings.Builder
+		if code := run(args, &out, &stderr); code != 0 || out.String() != want {
+			t.Fatalf("run %d: exit %d, %q (want %q); %s", i, code, out.String(), want, stderr.String())
+		}
+	}
+	b, _ := os.ReadFile(file)
+	if !strings.Contains(string(b), `[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.strata]`) {
+		t.Fatalf("no runtime handler:\n%s", b)
+	}
+	var stderr strings.Builder
+	if code := run([]string{"containerd-config", "--file", file, "--restart"}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "--restart needs --write") {
+		t.Fatalf("--restart alone: exit %d, %q", code, stderr.String())
+	}
+}

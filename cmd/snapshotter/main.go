@@ -36,6 +36,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runFsck(args[1:], stdout, stderr)
 		case "containerd-config":
 			return runContainerdConfig(args[1:], stdout, stderr)
+		case "health":
+			return runHealth(args[1:], stdout, stderr)
 		}
 	}
 	cfg, showVersion, err := parseConfig(args, stderr)
@@ -80,7 +82,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		return Config{}, false, err
 	}
 	if fl.NArg() > 0 {
-		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du, fsck, containerd-config)", fl.Arg(0))
+		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du, fsck, containerd-config, health)", fl.Arg(0))
 	}
 	if *showVersion {
 		return Config{}, true, nil

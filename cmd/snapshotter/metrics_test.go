@@ -101,7 +101,16 @@ func TestMetricsMove(t *testing.T) {
 	if code, body := unixGet(t, socket, "/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
+	// The health subcommand, the DaemonSet's probe, agrees.
+	var out, stderr strings.Builder
+	if code := run([]string{"health", "--metrics-address", socket}, &out, &stderr); code != 0 || out.String() != "ok\n" {
+		t.Fatalf("health: exit %d, %q %q", code, out.String(), stderr.String())
+	}
 	d.stop()
+	stderr.Reset()
+	if code := run([]string{"health", "--metrics-address", socket}, io.Discard, &stderr); code != 1 {
+		t.Fatalf("health with the daemon stopped: exit %d, %q", code, stderr.String())
+	}
 }
 
 // TestHealthFailsWithIndexClosed: once the index is closed, /healthz says so.

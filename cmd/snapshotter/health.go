@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// runHealth asks the daemon's /healthz and exits 0 only on 200: the
+// DaemonSet's readiness and liveness probe (an exec probe, since metrics
+// listen only on a unix socket or loopback), and an operator's quick check.
+func runHealth(args []string, stdout, stderr io.Writer) int {
+	fl := flag.NewFlagSet("strata-snapshotter health", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	configPath := fl.String("config", defaultConfigPath, "the daemon's config file, for its metrics_address")
+	addr := fl.String("metrics-address", "", "the daemon's metrics address (default: metrics_address from --config)")
+	timeout := fl.Duration("timeout", 5*time.Second, "how long to wait for an answer")
+	fl.Usage = func() {
+		fmt.Fprintln(stderr, "usage: strata-snapshotter health [--config FILE] [--metrics-address ADDRESS] [--timeout D]")
+		fl.PrintDefaults()
+	}
+	if code, ok := parseArgs(fl, args, 0); !ok {
+		return code
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "strata-snapshotter health: %v\n", err)
+		return 1
+	}
+	address := *addr
+	if address == "" {
+		cfg := defaultConfig()
+		named := false
+		fl.Visit(func(f *flag.Flag) { named = named || f.Name == "config" })
+		if err := loadFile(&cfg, *configPath, named); err != nil {
+			return fail(err)
+		}
+		address = cfg.MetricsAddress
+	}
+	if address == "" {
+		return fail(fmt.Errorf("metrics are off: set metrics_address (or pass --metrics-address)"))
+	}
+	if err := validateMetricsAddress(address); err != nil {
+		return fail(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	transport, host := &http.Transport{}, address
+	if socket := address; strings.HasPrefix(socket, "/") {
+		transport.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}
+		host = "strata"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+host+"/healthz", nil)
+	if err != nil {
+		return fail(err)
+	}
+	resp, err := (&http.Client{Transport: transport}).Do(req)
+	if err != nil {
+		return fail(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fail(fmt.Errorf("unhealthy (%s): %s", resp.Status, strings.TrimSpace(string(body))))
+	}
+	stdout.Write(body)
+	return 0
+}
