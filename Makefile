@@ -14,7 +14,7 @@ BINDIR   := $(PREFIX)/bin
 UNIT     := $(DESTDIR)/etc/systemd/system/strata.service
 CONFIG   := $(DESTDIR)/etc/strata/config.toml
 
-.PHONY: all build test unit integration fuzz tools vet clean install uninstall
+.PHONY: all build test unit integration fuzz tools vet clean install uninstall image
 
 all: build
 
@@ -50,7 +50,13 @@ vet:
 	$(GO) vet ./...
 
 clean:
-	rm -rf bin
+	rm -rf bin _output
+
+# The container image (Dockerfile), built with BuildKit from the integration
+# tools, no Docker engine: an OCI archive in _output/ by default. Knobs
+# (IMAGE_OUTPUT to push, GO_IMAGE, GO_FROM_HOST=1) are in deploy/build-image.sh.
+image:
+	VERSION=$(VERSION) deploy/build-image.sh
 
 # The binary, a systemd unit, and config.toml.example as /etc/strata/config.toml
 # unless a config is already there. Then: systemctl daemon-reload &&
