@@ -76,14 +76,24 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 	// pulls through it fail with "no unpack platforms defined".
 	platform := runtime.GOOS + "/" + runtime.GOARCH
 	found := false
-	if list, ok := dig(doc, "plugins", transferPlugin, "unpack_config").([]any); ok {
-		for _, e := range list {
-			if m, ok := e.(map[string]any); ok && m["snapshotter"] == "strata" {
-				found = true
-			}
+	list, hasList := dig(doc, "plugins", transferPlugin, "unpack_config").([]any)
+	for _, e := range list {
+		if m, ok := e.(map[string]any); ok && m["snapshotter"] == "strata" {
+			found = true
 		}
 	}
 	if !found {
+		if !hasList {
+			// Any unpack_config list replaces containerd's built-in one,
+			// whose entry unpacks for the default snapshotter: keep it, or
+			// pulls through the transfer service (CRI's, for one) for
+			// overlayfs fail with "no unpack platforms".
+			t.appendBlock(fmt.Sprintf(`# containerd's default entry, which a listed one would otherwise replace.
+[[plugins.%q.unpack_config]]
+  platform = %q
+  snapshotter = "overlayfs"
+  differ = "walking"`, transferPlugin, platform))
+		}
 		t.appendBlock(fmt.Sprintf(`[[plugins.%q.unpack_config]]
   platform = %q
   snapshotter = "strata"

@@ -84,8 +84,15 @@ func TestContainerdDefaultConfig(t *testing.T) {
 	if !changed {
 		t.Fatal("reported unchanged")
 	}
-	checkRegistered(t, decode(t, out), "plugins", criImagesV3, "snapshotter")
+	doc := decode(t, out)
+	checkRegistered(t, doc, "plugins", criImagesV3, "snapshotter")
 	keptLines(t, in, out, "snapshotter = 'overlayfs'")
+	// The file had no unpack_config, so containerd used its built-in entry
+	// for overlayfs; a list with only strata's would drop it.
+	list := dig(doc, "plugins", transferPlugin, "unpack_config").([]any)
+	if len(list) != 2 || list[0].(map[string]any)["snapshotter"] != "overlayfs" || list[0].(map[string]any)["differ"] != "walking" {
+		t.Errorf("unpack_config %v: containerd's default overlayfs entry is not kept", list)
+	}
 }
 
 func TestVersion2KeepsComments(t *testing.T) {
