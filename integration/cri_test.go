@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,69 +16,33 @@ import (
 // directories are under strata's root.
 func TestKubernetesCRI(t *testing.T) {
 	e := newEnv(t, EnvOptions{CRI: true})
-	crictl := func(args ...string) string {
-		t.Helper()
-		return e.run(append([]string{filepath.Join(toolsBin, "crictl"),
-			"--runtime-endpoint", "unix://" + e.Sock, "--image-endpoint", "unix://" + e.Sock, "--timeout", "60s"}, args...)...)
-	}
-	writeJSON := func(name string, v any) string {
-		t.Helper()
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(e.Dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-
-	crictl("pull", pauseImage)
-	crictl("pull", imgThreeLayers)
-	if images := crictl("images"); !strings.Contains(images, registry+"/three-layers") {
+	e.crictl("pull", pauseImage)
+	e.crictl("pull", imgThreeLayers)
+	if images := e.crictl("images"); !strings.Contains(images, registry+"/three-layers") {
 		t.Fatalf("crictl images does not list the pulled image:\n%s", images)
 	}
 	logDir := filepath.Join(e.Dir, "pods")
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	pod := writeJSON("pod.json", map[string]any{
+	pod := e.writeJSON("pod.json", map[string]any{
 		"metadata":      map[string]any{"name": "strata-pod", "namespace": "default", "uid": "strata-pod-uid", "attempt": 0},
 		"log_directory": logDir,
 		// network 2 is NODE: a host-network pod, needing no CNI.
 		"linux": map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
 	})
-	ctr := writeJSON("container.json", map[string]any{
+	ctr := e.writeJSON("container.json", map[string]any{
 		"metadata": map[string]any{"name": "main"},
 		"image":    map[string]any{"image": imgThreeLayers},
 		"command":  []string{"/bin/sh", "-c", "cat /l3; sleep 3600"},
 		"log_path": "main.log",
 	})
-	podID := strings.TrimSpace(crictl("runp", pod))
-	cid := strings.TrimSpace(crictl("create", podID, ctr, pod))
-	crictl("start", cid)
+	podID := strings.TrimSpace(e.crictl("runp", pod))
+	cid := strings.TrimSpace(e.crictl("create", podID, ctr, pod))
+	e.crictl("start", cid)
 
 	// The container's root filesystem: an overlay on strata's layers.
-	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
-		return !(i.FSType == "overlay" && strings.Contains(i.Mountpoint, cid)), false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(mounts) != 1 {
-		t.Fatalf("want one overlay mount for container %s, found %d", cid, len(mounts))
-	}
-	lowers := ""
-	for _, o := range strings.Split(mounts[0].VFSOptions, ",") {
-		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
-			lowers = v
-		}
-	}
-	if lowers == "" {
-		t.Fatalf("no lowerdir in the container's root mount: %s", mounts[0].VFSOptions)
-	}
-	for _, l := range strings.Split(lowers, ":") {
+	for _, l := range rootLowerDirs(t, cid) {
 		if !strings.HasPrefix(l, e.StrataRoot+"/") {
 			t.Errorf("lower directory %s is not under strata's root %s", l, e.StrataRoot)
 		}
@@ -89,22 +52,44 @@ func TestKubernetesCRI(t *testing.T) {
 	// line rather than for time.
 	var logs string
 	for i := 0; i < 100 && !strings.Contains(logs, "layer 3"); i++ {
-		logs = crictl("logs", cid)
+		logs = e.crictl("logs", cid)
 		if !strings.Contains(logs, "layer 3") {
-			crictl("exec", "-s", cid, "true") // a round trip through the container
+			e.crictl("exec", "-s", cid, "true") // a round trip through the container
 		}
 	}
 	if !strings.Contains(logs, "layer 3") {
 		t.Fatalf("crictl logs: %q", logs)
 	}
-	if out := strings.TrimSpace(crictl("exec", "-s", cid, "cat", "/l2", "/lower-file")); out != "layer 2\nfrom layer 2" {
+	if out := strings.TrimSpace(e.crictl("exec", "-s", cid, "cat", "/l2", "/lower-file")); out != "layer 2\nfrom layer 2" {
 		t.Fatalf("crictl exec: %q", out)
 	}
-	crictl("stop", "--timeout", "0", cid)
-	crictl("rm", cid)
-	crictl("stopp", podID)
-	crictl("rmp", podID)
-	if ps := crictl("ps", "-a", "-q"); strings.TrimSpace(ps) != "" {
+	e.crictl("stop", "--timeout", "0", cid)
+	e.crictl("rm", cid)
+	e.crictl("stopp", podID)
+	e.crictl("rmp", podID)
+	if ps := e.crictl("ps", "-a", "-q"); strings.TrimSpace(ps) != "" {
 		t.Fatalf("containers left: %q", ps)
 	}
+}
+
+// rootLowerDirs returns the lower directories of container cid's root
+// filesystem, the one overlay mount whose mount point names it.
+func rootLowerDirs(t *testing.T, cid string) []string {
+	t.Helper()
+	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
+		return !(i.FSType == "overlay" && strings.Contains(i.Mountpoint, cid)), false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mounts) != 1 {
+		t.Fatalf("want one overlay mount for container %s, found %d", cid, len(mounts))
+	}
+	for _, o := range strings.Split(mounts[0].VFSOptions, ",") {
+		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+			return strings.Split(v, ":")
+		}
+	}
+	t.Fatalf("no lowerdir in the container's root mount: %s", mounts[0].VFSOptions)
+	return nil
 }

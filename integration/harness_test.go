@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -35,11 +36,12 @@ type proc struct {
 	name string
 	cmd  *exec.Cmd
 
-	mu    sync.Mutex
-	cond  *sync.Cond
-	lines []string
-	done  bool
-	err   error
+	mu     sync.Mutex
+	cond   *sync.Cond
+	lines  []string
+	done   bool
+	err    error
+	exited chan struct{} // closed once the daemon has exited
 }
 
 func startProc(t testing.TB, dir, name string, args ...string) *proc {
@@ -52,7 +54,7 @@ func startProc(t testing.TB, dir, name string, args ...string) *proc {
 }
 
 func startProcErr(dir, name string, args ...string) (*proc, error) {
-	p := &proc{name: name, cmd: exec.Command(args[0], args[1:]...)}
+	p := &proc{name: name, cmd: exec.Command(args[0], args[1:]...), exited: make(chan struct{})}
 	p.cond = sync.NewCond(&p.mu)
 	logFile, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
@@ -86,6 +88,7 @@ func startProcErr(dir, name string, args ...string) (*proc, error) {
 		p.cond.Broadcast()
 		p.mu.Unlock()
 		logFile.Close()
+		close(p.exited)
 	}()
 	return p, nil
 }
@@ -337,6 +340,33 @@ func (e *Env) ctrArgs(args ...string) []string {
 	return append([]string{filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", namespace}, args...)
 }
 
+// crictl runs crictl against this node's CRI plugin, as the kubelet talks
+// to it.
+func (e *Env) crictl(args ...string) string {
+	e.t.Helper()
+	return e.run(e.crictlArgs(args...)...)
+}
+
+func (e *Env) crictlArgs(args ...string) []string {
+	return append([]string{filepath.Join(toolsBin, "crictl"),
+		"--runtime-endpoint", "unix://" + e.Sock, "--image-endpoint", "unix://" + e.Sock, "--timeout", "60s"}, args...)
+}
+
+// writeJSON writes v to name under Dir and returns the path: crictl's pod
+// and container configs.
+func (e *Env) writeJSON(name string, v any) string {
+	e.t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	p := filepath.Join(e.Dir, name)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
 // nerdctl runs nerdctl against this node with strata as its snapshotter.
 func (e *Env) nerdctl(args ...string) string {
 	e.t.Helper()
@@ -419,10 +449,11 @@ func (e *Env) teardown() {
 	killShims(e.Dir)
 	unmountUnder(e.t, e.Dir)
 	if e.t.Failed() {
-		for _, name := range []string{"strata", "containerd", "buildkitd"} {
-			if b, err := os.ReadFile(filepath.Join(e.Dir, name+".log")); err == nil {
+		logs, _ := filepath.Glob(filepath.Join(e.Dir, "*.log"))
+		for _, name := range logs {
+			if b, err := os.ReadFile(name); err == nil {
 				lines := strings.Split(string(b), "\n")
-				e.t.Logf("--- %s log (last lines) ---\n%s", name, strings.Join(lines[max(0, len(lines)-60):], "\n"))
+				e.t.Logf("--- %s (last lines) ---\n%s", filepath.Base(name), strings.Join(lines[max(0, len(lines)-60):], "\n"))
 			}
 		}
 	}
