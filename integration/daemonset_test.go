@@ -132,6 +132,7 @@ func TestDaemonSetOnNode(t *testing.T) {
 		StrataRoot: host("/var/lib/strata"),
 		StrataSock: host("/run/strata/strata.sock"),
 		Sock:       host("/run/containerd/containerd.sock"),
+		opts:       EnvOptions{CRI: true, Unregistered: true},
 	}
 	t.Cleanup(e.teardown)
 	// HostToContainer propagation needs the source on a shared mount, as /
@@ -160,33 +161,7 @@ func TestDaemonSetOnNode(t *testing.T) {
 
 	// The node before strata: CRI on overlayfs, nothing about strata.
 	cfg := host("/etc/containerd/config.toml")
-	node := fmt.Sprintf(`version = 3
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[plugins."io.containerd.transfer.v1.local"]
-  config_path = %q
-
-[plugins."io.containerd.cri.v1.images"]
-  [plugins."io.containerd.cri.v1.images".registry]
-    config_path = %q
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = %q
-
-[plugins."io.containerd.cri.v1.runtime"]
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = %q
-`, filepath.Join(dir, "containerd"), filepath.Join(dir, "state"), e.Sock, e.Sock+".ttrpc", hostsDir, hostsDir, pauseImage, filepath.Join(dir, "cni"))
-	if err := os.WriteFile(cfg, []byte(node), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(e.containerdConfig()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sup := e.superviseContainerd(cfg)

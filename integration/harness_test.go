@@ -183,6 +183,9 @@ type EnvOptions struct {
 	ParallelUnpack bool
 	// CRI enables containerd's CRI plugin with strata as its snapshotter.
 	CRI bool
+	// Unregistered leaves strata out of containerd's config: a node before
+	// strata is installed (CRI, if enabled, on its default snapshotter).
+	Unregistered bool
 }
 
 // newEnv starts strata, then containerd, and registers their teardown.
@@ -236,13 +239,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 [debug]
   level = "debug"
-
+`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "state"), criDisabled(e.opts.CRI), e.Sock, e.Sock+".ttrpc")
+	if !e.opts.Unregistered {
+		fmt.Fprintf(&b, `
 [proxy_plugins.strata]
   type = "snapshot"
   address = %q
-`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "state"), criDisabled(e.opts.CRI), e.Sock, e.Sock+".ttrpc", e.StrataSock)
-	if e.opts.ParallelUnpack {
-		b.WriteString("  capabilities = [\"rebase\"]\n")
+`, e.StrataSock)
+		if e.opts.ParallelUnpack {
+			b.WriteString("  capabilities = [\"rebase\"]\n")
+		}
 	}
 	fmt.Fprintf(&b, `
 [plugins."io.containerd.transfer.v1.local"]
@@ -251,17 +257,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 	if e.opts.ParallelUnpack {
 		b.WriteString("  max_concurrent_unpacks = 4\n")
 	}
-	b.WriteString(`
+	if !e.opts.Unregistered {
+		b.WriteString(`
   [[plugins."io.containerd.transfer.v1.local".unpack_config]]
     platform = "linux/amd64"
     snapshotter = "strata"
     differ = "walking"
 `)
+	}
 	if e.opts.CRI {
-		fmt.Fprintf(&b, `
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "strata"
-  [plugins."io.containerd.cri.v1.images".registry]
+		b.WriteString("\n[plugins.\"io.containerd.cri.v1.images\"]\n")
+		if !e.opts.Unregistered {
+			b.WriteString("  snapshotter = \"strata\"\n")
+		}
+		fmt.Fprintf(&b, `  [plugins."io.containerd.cri.v1.images".registry]
     config_path = %q
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = %q
