@@ -8,10 +8,14 @@
 package containerdproc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/containerd/log"
@@ -113,4 +117,52 @@ func waitExit(ctx context.Context, pidfd int) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// Started returns when the containerd listening on socket started; running
+// is false when nothing listens there.
+func Started(ctx context.Context, socket string) (started time.Time, running bool, err error) {
+	pid, err := ServerPID(ctx, socket)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("find containerd: %w", err)
+	}
+	if pid == 0 {
+		return time.Time{}, false, fmt.Errorf("containerd on %s runs in another PID namespace; run this in the host's (a pod needs hostPID: true)", socket)
+	}
+	started, err = StartTime(pid)
+	return started, err == nil, err
+}
+
+// StartTime returns when process pid started, to the clock tick (10ms).
+func StartTime(pid int) (time.Time, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return time.Time{}, err
+	}
+	// pid (comm) state ppid … : comm may hold spaces and parentheses, so
+	// count fields after the last ')'. starttime is field 22, the 20th
+	// after it.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return time.Time{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return time.Time{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	ticks, err := strconv.ParseInt(f[19], 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("/proc/%d/stat starttime: %w", pid, err)
+	}
+	// starttime counts clock ticks (USER_HZ, 100 on every Linux ABI)
+	// since boot, on the clock CLOCK_BOOTTIME reads.
+	var now unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &now); err != nil {
+		return time.Time{}, err
+	}
+	age := time.Duration(now.Nano()) - time.Duration(ticks)*10*time.Millisecond
+	return time.Now().Add(-age), nil
 }

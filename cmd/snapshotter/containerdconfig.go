@@ -29,7 +29,7 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 	cri := fl.Bool("cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes)")
 	handler := fl.String("runtime-handler", "", "add a CRI runtime handler of this name, the default runtime with strata as its snapshotter (for a Kubernetes RuntimeClass)")
 	write := fl.Bool("write", false, "replace the file instead of printing the result")
-	restart := fl.Bool("restart", false, "with --write: when the file changed, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back")
+	restart := fl.Bool("restart", false, "with --write: when the file changed, or containerd started before its last change, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back")
 	containerdAddress := fl.String("containerd-address", "/run/containerd/containerd.sock", "containerd's socket, for --restart")
 	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long --restart waits for containerd to stop and come back")
 	fl.Usage = func() {
@@ -74,7 +74,30 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	if !changed {
 		fmt.Fprintln(stdout, "unchanged")
-		return 0
+		if !*restart {
+			return 0
+		}
+		// A run cut off between writing the file and restarting containerd
+		// (killed, or timed out waiting) leaves a containerd that never read
+		// it: restart one that started before the file's last change. A
+		// second's margin covers the clocks' resolution; after a restart
+		// containerd starts well after the write.
+		fi, err := os.Stat(*file)
+		if err != nil {
+			return fail(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
+		defer cancel()
+		started, running, err := containerdproc.Started(ctx, *containerdAddress)
+		if err != nil {
+			return fail(err)
+		}
+		if !running || !started.Before(fi.ModTime().Add(-time.Second)) {
+			return 0
+		}
+		fmt.Fprintf(stdout, "containerd started %s, before the config's last change at %s\n",
+			started.UTC().Format(time.RFC3339), fi.ModTime().UTC().Format(time.RFC3339))
+		return restartContainerd(ctx, *containerdAddress, stdout, fail)
 	}
 	// Replace atomically: containerd never reads half a file.
 	if err := os.MkdirAll(filepath.Dir(*file), 0o755); err != nil {
@@ -99,16 +122,21 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	fmt.Fprintln(stdout, "changed")
-	if *restart {
-		ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
-		defer cancel()
-		restarted, err := containerdproc.Restart(ctx, *containerdAddress)
-		if err != nil {
-			return fail(err)
-		}
-		if restarted {
-			fmt.Fprintln(stdout, "containerd restarted")
-		}
+	if !*restart {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
+	defer cancel()
+	return restartContainerd(ctx, *containerdAddress, stdout, fail)
+}
+
+func restartContainerd(ctx context.Context, address string, stdout io.Writer, fail func(error) int) int {
+	restarted, err := containerdproc.Restart(ctx, address)
+	if err != nil {
+		return fail(err)
+	}
+	if restarted {
+		fmt.Fprintln(stdout, "containerd restarted")
 	}
 	return 0
 }

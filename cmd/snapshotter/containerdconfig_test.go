@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestContainerdConfigWrite: --write patches the file once, reports
@@ -54,5 +55,53 @@ func TestContainerdConfigRestart(t *testing.T) {
 	var stderr strings.Builder
 	if code := run([]string{"containerd-config", "--file", file, "--restart"}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "--restart needs --write") {
 		t.Fatalf("--restart alone: exit %d, %q", code, stderr.String())
+	}
+}
+
+// TestContainerdConfigRestartsStaleContainerd: with the file already
+// patched, --restart leaves alone a containerd that started after the file's
+// last change (the rolling-update case), and restarts one that started
+// before it (a previous run cut off between writing and restarting). A
+// strata daemon stands in for containerd: a process listening on a socket
+// that exits on SIGTERM, with no service manager to start it again.
+func TestContainerdConfigRestartsStaleContainerd(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.toml")
+	if code := run([]string{"containerd-config", "--file", file, "--write"}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("patch exited %d", code)
+	}
+	d := startDaemon(t, t.TempDir())
+	args := []string{"containerd-config", "--file", file, "--write", "--restart", "--containerd-address", d.address, "--restart-timeout", "2s"}
+
+	// Written long before the listener started: nothing to do.
+	hourAgo := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(file, hourAgo, hourAgo); err != nil {
+		t.Fatal(err)
+	}
+	var out, stderr strings.Builder
+	if code := run(args, &out, &stderr); code != 0 || out.String() != "unchanged\n" {
+		t.Fatalf("config older than containerd: exit %d, %q %q", code, out.String(), stderr.String())
+	}
+	select {
+	case <-d.exited:
+		t.Fatal("the listener was stopped though it had read the config")
+	default:
+	}
+
+	// Changed after the listener started: it gets SIGTERM, and since
+	// nothing starts it again, the command says so.
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(file, later, later); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	stderr.Reset()
+	code := run(args, &out, &stderr)
+	if code != 1 || !strings.Contains(out.String(), "before the config's last change") || !strings.Contains(stderr.String(), "service manager") {
+		t.Fatalf("config newer than containerd: exit %d, %q %q", code, out.String(), stderr.String())
+	}
+	if code := d.wait(); code != 0 {
+		t.Fatalf("the listener exited %d on SIGTERM, want 0", code)
 	}
 }
