@@ -55,16 +55,13 @@ func ServerPID(ctx context.Context, socket string) (int, error) {
 // that does not come back before ctx ends is an error: its service manager
 // does not restart it.
 func Restart(ctx context.Context, socket string) (bool, error) {
-	pid, err := ServerPID(ctx, socket)
-	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
+	pid, running, err := listener(ctx, socket)
+	if err != nil {
+		return false, err
+	}
+	if !running {
 		log.G(ctx).WithField("socket", socket).Info("containerd is not running; it reads the new config when it starts")
 		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("find containerd: %w", err)
-	}
-	if pid == 0 {
-		return false, fmt.Errorf("containerd on %s runs in another PID namespace; run this in the host's (a pod needs hostPID: true)", socket)
 	}
 	// A pidfd names this process and no later one with a reused PID.
 	pidfd, err := unix.PidfdOpen(pid, 0)
@@ -122,18 +119,27 @@ func waitExit(ctx context.Context, pidfd int) error {
 // Started returns when the containerd listening on socket started; running
 // is false when nothing listens there.
 func Started(ctx context.Context, socket string) (started time.Time, running bool, err error) {
-	pid, err := ServerPID(ctx, socket)
-	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED) {
-		return time.Time{}, false, nil
-	}
-	if err != nil {
-		return time.Time{}, false, fmt.Errorf("find containerd: %w", err)
-	}
-	if pid == 0 {
-		return time.Time{}, false, fmt.Errorf("containerd on %s runs in another PID namespace; run this in the host's (a pod needs hostPID: true)", socket)
+	pid, running, err := listener(ctx, socket)
+	if err != nil || !running {
+		return time.Time{}, false, err
 	}
 	started, err = StartTime(pid)
 	return started, err == nil, err
+}
+
+// listener returns the PID of the containerd listening on socket; running
+// is false when nothing does (no socket, or a stale one).
+func listener(ctx context.Context, socket string) (pid int, running bool, err error) {
+	pid, err = ServerPID(ctx, socket)
+	switch {
+	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, fmt.Errorf("find containerd: %w", err)
+	case pid == 0:
+		return 0, false, fmt.Errorf("containerd on %s runs in another PID namespace; run this in the host's (a pod needs hostPID: true)", socket)
+	}
+	return pid, true, nil
 }
 
 // StartTime returns when process pid started, to the clock tick (10ms).

@@ -72,11 +72,20 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	if !changed {
-		fmt.Fprintln(stdout, "unchanged")
-		if !*restart {
-			return 0
+	if changed {
+		if err := replaceFile(*file, out, mode); err != nil {
+			return fail(err)
 		}
+		fmt.Fprintln(stdout, "changed")
+	} else {
+		fmt.Fprintln(stdout, "unchanged")
+	}
+	if !*restart {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
+	defer cancel()
+	if !changed {
 		// A run cut off between writing the file and restarting containerd
 		// (killed, or timed out waiting) leaves a containerd that never read
 		// it: restart one that started before the file's last change. A
@@ -86,8 +95,6 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
-		defer cancel()
 		started, running, err := containerdproc.Started(ctx, *containerdAddress)
 		if err != nil {
 			return fail(err)
@@ -97,41 +104,8 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "containerd started %s, before the config's last change at %s\n",
 			started.UTC().Format(time.RFC3339), fi.ModTime().UTC().Format(time.RFC3339))
-		return restartContainerd(ctx, *containerdAddress, stdout, fail)
 	}
-	// Replace atomically: containerd never reads half a file.
-	if err := os.MkdirAll(filepath.Dir(*file), 0o755); err != nil {
-		return fail(err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(*file), ".config.toml-")
-	if err != nil {
-		return fail(err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(out); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fail(err)
-	}
-	tmp.Close()
-	if err := os.Rename(tmp.Name(), *file); err != nil {
-		return fail(err)
-	}
-	fmt.Fprintln(stdout, "changed")
-	if !*restart {
-		return 0
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
-	defer cancel()
-	return restartContainerd(ctx, *containerdAddress, stdout, fail)
-}
-
-func restartContainerd(ctx context.Context, address string, stdout io.Writer, fail func(error) int) int {
-	restarted, err := containerdproc.Restart(ctx, address)
+	restarted, err := containerdproc.Restart(ctx, *containerdAddress)
 	if err != nil {
 		return fail(err)
 	}
@@ -139,4 +113,31 @@ func restartContainerd(ctx context.Context, address string, stdout io.Writer, fa
 		fmt.Fprintln(stdout, "containerd restarted")
 	}
 	return 0
+}
+
+// replaceFile replaces file atomically, so containerd never reads half of
+// it.
+func replaceFile(file string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), ".config.toml-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	if _, err := tmp.Write(data); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
 }
