@@ -358,14 +358,28 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) [
 		Parents:  parents,
 		Options:  s.options,
 	}
-	// containerd's unpacker labels the snapshots it extracts a layer into
-	// with the layer's chain id. Without a parent (parallel unpack) such a
-	// snapshot must still be an overlay, so the applier keeps the layer's
-	// whiteouts; see mounts.Request.EmptyLower.
-	if _, extracting := rec.Labels[snapshots.LabelSnapshotRef]; extracting {
+	if extractsUpperLayer(rec) {
 		req.EmptyLower = s.layout.empty()
 	}
 	return mounts.For(req)
+}
+
+// labelParentChainID is the label containerd's unpacker puts on the snapshot
+// it extracts every layer but an image's first into: the chain id of the
+// layer below (core/unpack's labelSnapshotParent).
+const labelParentChainID = "containerd.io/snapshot/parent-chain-id"
+
+// extractsUpperLayer reports whether rec is a parentless active snapshot
+// into which containerd's parallel unpack extracts a layer that belongs
+// above another one: such a snapshot must be an overlay (on the empty
+// directory), so the applier keeps the layer's whiteouts for when it is
+// committed onto its parent; see mounts.Request.EmptyLower. An image's first
+// layer (no parent-chain-id label) has nothing below it to hide: like
+// containerd's overlayfs, it gets a bind mount, and the applier drops its
+// whiteouts instead of storing them.
+func extractsUpperLayer(rec metadata.Snapshot) bool {
+	return rec.Kind == snapshots.KindActive && rec.Parent == "" &&
+		rec.Labels[snapshots.LabelSnapshotRef] != "" && rec.Labels[labelParentChainID] != ""
 }
 
 // Commit turns the active snapshot key into the committed snapshot name. Its

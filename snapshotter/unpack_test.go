@@ -4,9 +4,14 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/diff/apply"
@@ -15,6 +20,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
 // TestParallelUnpackKeepsWhiteouts follows containerd's parallel unpack: a
@@ -28,7 +34,7 @@ func TestParallelUnpackKeepsWhiteouts(t *testing.T) {
 	commitLayer(t, sn, "base", "", map[string]string{"gone": "1", "kept": "2"})
 
 	ms, err := sn.Prepare(ctx, "extract-1 sha256:top", "",
-		snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "sha256:top"}))
+		snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "sha256:top", labelParentChainID: "sha256:base"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,26 +43,7 @@ func TestParallelUnpackKeepsWhiteouts(t *testing.T) {
 	}
 
 	// The layer: delete "gone", add "new".
-	var layer bytes.Buffer
-	tw := tar.NewWriter(&layer)
-	for name, body := range map[string]string{".wh.gone": "", "new": "3"} {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(body))
-	}
-	tw.Close()
-	cs, err := local.NewStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(layer.Bytes()), Size: int64(layer.Len())}
-	if err := content.WriteBlob(ctx, cs, "layer", bytes.NewReader(layer.Bytes()), desc); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := apply.NewFileSystemApplier(cs).Apply(ctx, desc, ms); err != nil {
-		t.Fatal(err)
-	}
+	applyLayer(t, ms, []tarEntry{{name: ".wh.gone"}, {name: "new", body: "3"}})
 	if err := sn.Commit(ctx, "top", "extract-1 sha256:top", snapshots.WithParent("base")); err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +60,96 @@ func TestParallelUnpackKeepsWhiteouts(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 				t.Errorf("%s: %v", f, err)
 			}
+		}
+	})
+}
+
+// tarEntry is one entry of a layer built by applyLayer: a directory when
+// name ends in "/", a regular file otherwise.
+type tarEntry struct{ name, body string }
+
+// applyLayer writes entries as a layer tar, in order, and applies it to ms
+// with containerd's own filesystem applier, as containerd's unpacker does.
+func applyLayer(t *testing.T, ms []mount.Mount, entries []tarEntry) {
+	t.Helper()
+	ctx := context.Background()
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.body)), Typeflag: tar.TypeReg}
+		if strings.HasSuffix(e.name, "/") {
+			h = &tar.Header{Name: e.name, Mode: 0o755, Typeflag: tar.TypeDir}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(e.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := local.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(layer.Bytes()), Size: int64(layer.Len())}
+	if err := content.WriteBlob(ctx, cs, "layer", bytes.NewReader(layer.Bytes()), desc); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := apply.NewFileSystemApplier(cs).Apply(ctx, desc, ms); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFirstLayerStoresNoWhiteouts: an image's first layer is extracted into
+// a parentless snapshot labelled with its chain id but with no parent chain
+// id. Its whiteouts hide nothing, and containerd's overlayfs stores none:
+// strata must give the same bind mount, so the layer's directory holds no
+// whiteout device and no opaque xattr, a whiteout of a file the same layer
+// wrote removes it, and a view of the layer alone shows exactly its files.
+func TestFirstLayerStoresNoWhiteouts(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := context.Background()
+	ms, err := sn.Prepare(ctx, "extract-0 sha256:bottom", "",
+		snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "sha256:bottom"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 1 || ms[0].Type != "bind" {
+		t.Fatalf("extraction of an image's first layer got %+v, want the bind mount containerd's overlayfs gives", ms)
+	}
+	applyLayer(t, ms, []tarEntry{
+		{name: "x", body: "written, then whited out"},
+		{name: ".wh.x"},
+		{name: ".wh.never-existed"},
+		{name: "d/"},
+		{name: "d/.wh..wh..opq"},
+		{name: "d/f", body: "kept"},
+	})
+	if err := sn.Commit(ctx, "bottom", "extract-0 sha256:bottom"); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := sn.get("bottom")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := sn.layout.layer(rec.Dir)
+	if got := tree(t, dir); got != "d d/f" {
+		t.Errorf("first layer's directory holds %q, want only %q", got, "d d/f")
+	}
+	var buf [64]byte
+	if n, err := unix.Lgetxattr(filepath.Join(dir, "d"), "trusted.overlay.opaque", buf[:]); err == nil {
+		t.Errorf("first layer's d carries trusted.overlay.opaque=%q; overlayfs stores no opaque marker there", buf[:n])
+	}
+	view, err := sn.View(ctx, "v", "bottom")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, view, func(root string) {
+		if got := tree(t, root); got != "d d/f" {
+			t.Errorf("view of the first layer shows %q, want %q", got, "d d/f")
 		}
 	})
 }
@@ -112,4 +189,27 @@ func TestExistingLayerFastPath(t *testing.T) {
 	if _, err := sn.Prepare(ctx, "ns2/3/plain", ""); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// tree lists the paths under dir, sorted, each followed by its type when it
+// is neither a directory nor a regular file ("x(c)" for a whiteout device).
+func tree(t *testing.T, dir string) string {
+	t.Helper()
+	var names []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if typ := d.Type(); typ != 0 && !typ.IsDir() {
+			rel += "(" + typ.String()[:1] + ")"
+		}
+		names = append(names, rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(names)
+	return strings.Join(names, " ")
 }
