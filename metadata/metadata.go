@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -65,19 +66,62 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create metadata directory: %w", err)
 	}
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout})
+	bdb, created, err := openChecked(ctx, path)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("metadata database %s is locked by another process (is another strata running on this root?): %w", path, errdefs.ErrUnavailable)
 		}
-		return nil, fmt.Errorf("open metadata database %s: %w", path, err)
-	}
-	var created bool
-	if err := bdb.Update(func(tx *bolt.Tx) (err error) { created, err = initSchema(ctx, tx); return err }); err != nil {
-		bdb.Close()
 		return nil, fmt.Errorf("metadata database %s: %w", path, err)
 	}
 	return &DB{db: bdb, created: created}, nil
+}
+
+// openChecked opens the file with bbolt and checks that it is a whole strata
+// index. bbolt maps the file into memory, so a truncated file makes a read
+// past its end fault (SIGBUS) instead of returning an error: the fault is
+// turned into an error here, and the file must be as long as bbolt's own
+// record of its pages says. After such a fault bbolt's mapping of the file
+// stays, and with it bbolt's lock: the process is expected to exit (the
+// daemon and fsck do), and another Open in it finds the file locked.
+func openChecked(ctx context.Context, path string) (_ *bolt.DB, created bool, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	// The file is kept to close it after a fault inside bolt.Open, which
+	// returns no handle then.
+	var file *os.File
+	openFile := func(name string, flag int, perm os.FileMode) (*os.File, error) {
+		f, err := os.OpenFile(name, flag, perm)
+		file = f
+		return f, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			if file != nil {
+				file.Close()
+			}
+			err = fmt.Errorf("the file is damaged (truncated?): reading it faulted (%v): %w", r, errdefs.ErrDataLoss)
+		}
+	}()
+	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout, OpenFile: openFile})
+	if err != nil {
+		if !errors.Is(err, bolterrors.ErrTimeout) {
+			err = fmt.Errorf("not a readable bbolt file: %w: %w", err, errdefs.ErrDataLoss)
+		}
+		return nil, false, err
+	}
+	err = bdb.Update(func(tx *bolt.Tx) (err error) {
+		if st, err := os.Stat(path); err != nil {
+			return err
+		} else if tx.Size() > st.Size() {
+			return fmt.Errorf("the file is truncated: %d bytes, but its pages reach %d: %w", st.Size(), tx.Size(), errdefs.ErrDataLoss)
+		}
+		created, err = initSchema(ctx, tx)
+		return err
+	})
+	if err != nil {
+		bdb.Close()
+		return nil, false, err
+	}
+	return bdb, created, nil
 }
 
 // Created reports whether Open found no index and created an empty one.
@@ -92,11 +136,14 @@ func initSchema(ctx context.Context, tx *bolt.Tx) (created bool, err error) {
 		}
 		version := binary.BigEndian.Uint32(v)
 		if version > SchemaVersion {
-			return false, fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d: %w",
+			return false, fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d (run that strata, or restore an index this one wrote): %w",
 				version, SchemaVersion, errdefs.ErrFailedPrecondition)
 		}
 		// Older versions would be migrated here; version 1 is the first.
 		return false, nil
+	}
+	if k, _ := tx.Cursor().First(); k != nil {
+		return false, fmt.Errorf("the file is a bbolt database, but not strata's index (it holds a bucket %q): %w", k, errdefs.ErrFailedPrecondition)
 	}
 	if root, err = tx.CreateBucket(bucketRoot); err != nil {
 		return false, err

@@ -38,19 +38,11 @@ func DefaultOptions(dir string, configured []string) ([]string, error) {
 }
 
 // Probe mounts a small overlay (two lower directories, an upper and a work
-// directory) under dir with options, so that a kernel without overlayfs, a
-// filesystem that cannot hold an upper directory, or an option the kernel
-// rejects is found at start, not at a container's first mount.
-func Probe(dir string, options []string) (err error) {
-	td, err := os.MkdirTemp(dir, "probe-")
-	if err != nil {
-		return fmt.Errorf("create probe directory: %w", err)
-	}
-	defer func() {
-		if rerr := os.RemoveAll(td); rerr != nil && err == nil {
-			err = fmt.Errorf("remove probe directory: %w", rerr)
-		}
-	}()
+// directory) inside td, an empty directory the caller made and removes, with
+// options, so that a kernel without overlayfs, a filesystem that cannot hold
+// an upper directory, or an option the kernel rejects is found at start, not
+// at a container's first mount.
+func Probe(td string, options []string) error {
 	for _, d := range []string{"l1", "l2", "upper", "work", "merged"} {
 		if err := os.Mkdir(filepath.Join(td, d), 0o700); err != nil {
 			return err

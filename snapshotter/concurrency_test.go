@@ -111,7 +111,7 @@ func TestConcurrentClients(t *testing.T) {
 	if err := sn.Close(); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Fsck(ctx, root, false)
+	r, err := Fsck(ctx, root, FsckOptions{})
 	if err != nil || len(r.Findings) != 0 {
 		t.Fatalf("after the clients: %v %q", err, r.Findings)
 	}

@@ -2,35 +2,55 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 
 	"github.com/strata-snapshotter/strata/metadata"
 )
 
-// FsckReport is what Fsck found, and what it removed when asked to repair.
+// FsckReport is what Fsck found, and what it changed when asked to repair.
 type FsckReport struct {
 	Findings []string
+	Restored []string // directories put back where their snapshot expects them
 	Removed  []string
+}
+
+// FsckOptions say what Fsck may change.
+type FsckOptions struct {
+	// Repair puts back what a Remove that did not commit moved aside and
+	// deletes what no snapshot owns, exactly as strata's start-up does
+	// (see ownership.go). A snapshot whose files are missing or changed is
+	// reported, never deleted.
+	Repair bool
+	// DiscardUnindexed deletes every layer of a store whose index is
+	// missing or empty, the state in which strata refuses to start. It is
+	// refused for a store that has an index.
+	DiscardUnindexed bool
 }
 
 // Fsck checks a stopped store at root: the index against itself, every
 // snapshot against its directories (present, real directories, of the right
-// name, with the usage stored at Commit), and every directory against the
-// index. With repair it removes what no snapshot owns, and nothing else:
-// a snapshot whose files are missing or wrong is reported, never deleted.
-func Fsck(ctx context.Context, root string, repair bool) (FsckReport, error) {
+// name, with the usage stored at Commit), and every entry under the root
+// against the index.
+func Fsck(ctx context.Context, root string, opts FsckOptions) (FsckReport, error) {
 	root, err := filepath.EvalSymlinks(root)
 	if err != nil {
 		return FsckReport{}, fmt.Errorf("root: %w", err)
 	}
 	l := layout{root: root}
-	if _, err := os.Stat(l.dbPath()); err != nil {
-		return FsckReport{}, fmt.Errorf("no index at %s: %w", l.dbPath(), err)
+	if opts.DiscardUnindexed {
+		return discardUnindexed(ctx, l)
+	}
+	if err := l.checkIndexPresent(); err != nil {
+		return FsckReport{}, err
+	}
+	if !exists(l.dbPath()) {
+		return FsckReport{}, fmt.Errorf("no index at %s: %w", l.dbPath(), errdefs.ErrNotFound)
 	}
 	db, err := metadata.Open(ctx, l.dbPath())
 	if err != nil {
@@ -39,14 +59,13 @@ func Fsck(ctx context.Context, root string, repair bool) (FsckReport, error) {
 	defer db.Close()
 
 	var (
-		r     FsckReport
-		recs  []metadata.Snapshot
-		owned map[string]uint64
+		r        FsckReport
+		recs     []metadata.Snapshot
+		recorded map[string]bool
 	)
-	add := func(format string, args ...any) { r.Findings = append(r.Findings, fmt.Sprintf(format, args...)) }
 	err = db.View(func(tx *metadata.Tx) error {
 		r.Findings = append(r.Findings, tx.Check()...)
-		owned = tx.Dirs()
+		recorded = recordedDirs(tx)
 		return tx.Walk(func(s metadata.Snapshot) error {
 			recs = append(recs, s)
 			return nil
@@ -55,63 +74,103 @@ func Fsck(ctx context.Context, root string, repair bool) (FsckReport, error) {
 	if err != nil {
 		return r, err
 	}
-
+	strays, err := l.survey(recorded, func(string) bool { return false })
+	if err != nil {
+		return r, err
+	}
+	restoring := map[string]bool{}
+	for _, st := range strays {
+		if st.fate == restore {
+			restoring[st.to] = true
+		}
+	}
 	for _, s := range recs {
-		if !isLayerName(s.Dir) {
-			add("snapshot %q has directory name %q, which is not a layer name", s.Key, s.Dir)
-			continue
-		}
-		dir := l.layer(s.Dir)
-		fi, err := os.Lstat(dir)
-		switch {
-		case err != nil:
-			add("snapshot %q: its layer directory %s is missing", s.Key, dir)
-			continue
-		case !fi.IsDir():
-			add("snapshot %q: %s is a %v, not a directory", s.Key, dir, fi.Mode().Type())
-			continue
-		}
-		if s.Kind == snapshots.KindActive {
-			if fi, err := os.Lstat(l.work(s.Dir)); err != nil || !fi.IsDir() {
-				add("active snapshot %q: its work directory %s is missing", s.Key, l.work(s.Dir))
-			}
-		}
-		if s.Kind == snapshots.KindCommitted {
-			u, err := diskUsage(ctx, dir)
-			if err != nil {
-				add("snapshot %q: cannot measure %s: %v", s.Key, dir, err)
-			} else if u.Bytes != s.Usage.Bytes || u.Inodes != s.Usage.Inodes {
-				add("committed snapshot %q holds %d bytes in %d inodes, but %d bytes in %d inodes were stored at commit",
-					s.Key, u.Bytes, u.Inodes, s.Usage.Bytes, s.Usage.Inodes)
-			}
-		}
+		r.Findings = append(r.Findings, checkRecord(ctx, l, s, restoring)...)
 	}
+	for _, st := range strays {
+		r.Findings = append(r.Findings, st.String())
+	}
+	if opts.Repair {
+		r.repair(ctx, strays)
+	}
+	return r, nil
+}
 
-	var unowned []string
-	for _, d := range []string{l.layersRoot(), l.workRoot()} {
-		entries, err := os.ReadDir(d)
+// checkRecord compares one snapshot with its directories. A layer directory
+// that a restore will put back is not missing.
+func checkRecord(ctx context.Context, l layout, s metadata.Snapshot, restoring map[string]bool) []string {
+	var findings []string
+	add := func(format string, args ...any) { findings = append(findings, fmt.Sprintf(format, args...)) }
+	if !isLayerName(s.Dir) {
+		add("snapshot %q has directory name %q, which is not a layer name", s.Key, s.Dir)
+		return findings
+	}
+	dir := l.layer(s.Dir)
+	fi, err := os.Lstat(dir)
+	switch {
+	case restoring[dir]:
+		return findings
+	case err != nil:
+		add("snapshot %q: its layer directory %s is missing", s.Key, dir)
+		return findings
+	case !fi.IsDir():
+		add("snapshot %q: %s is a %v, not a directory", s.Key, dir, fi.Mode().Type())
+		return findings
+	}
+	if s.Kind == snapshots.KindActive && !restoring[l.work(s.Dir)] {
+		if fi, err := os.Lstat(l.work(s.Dir)); err != nil || !fi.IsDir() {
+			add("active snapshot %q: its work directory %s is missing", s.Key, l.work(s.Dir))
+		}
+	}
+	if s.Kind == snapshots.KindCommitted {
+		u, err := diskUsage(ctx, dir)
 		if err != nil {
-			add("cannot read %s: %v", d, err)
-			continue
+			add("snapshot %q: cannot measure %s: %v", s.Key, dir, err)
+		} else if u.Bytes != s.Usage.Bytes || u.Inodes != s.Usage.Inodes {
+			add("committed snapshot %q holds %d bytes in %d inodes, but %d bytes in %d inodes were stored at commit",
+				s.Key, u.Bytes, u.Inodes, s.Usage.Bytes, s.Usage.Inodes)
 		}
-		for _, e := range entries {
-			if _, ok := owned[e.Name()]; !ok {
-				unowned = append(unowned, filepath.Join(d, e.Name()))
+	}
+	return findings
+}
+
+// repair acts on the survey as start-up does: restores, then deletions.
+// Entries that are not strata's are left alone.
+func (r *FsckReport) repair(ctx context.Context, strays []stray) {
+	for _, st := range strays {
+		switch st.fate {
+		case restore:
+			if err := os.Rename(st.path, st.to); err != nil {
+				r.Findings = append(r.Findings, fmt.Sprintf("cannot put back %s: %v", st.path, err))
+				continue
+			}
+			r.Restored = append(r.Restored, st.to)
+		case garbage:
+			deleteDir(ctx, st.path)
+			if !exists(st.path) {
+				r.Removed = append(r.Removed, st.path)
 			}
 		}
 	}
-	sort.Strings(unowned)
-	for _, p := range unowned {
-		add("%s belongs to no snapshot", p)
+}
+
+// discardUnindexed deletes the layers of a store whose index is missing or
+// empty, and the empty index, so that the next start begins an empty store.
+// With no index nothing is recorded, so ownership.go finds every layer
+// garbage; what is not strata's stays.
+func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
+	if fi, err := os.Stat(l.dbPath()); err == nil && fi.Size() > 0 {
+		return FsckReport{}, fmt.Errorf("--discard-unindexed is only for a store whose index is missing or empty, and %s holds an index; run fsck without it: %w",
+			l.dbPath(), errdefs.ErrFailedPrecondition)
 	}
-	if repair {
-		s := &snapshotter{layout: l, removing: map[string]bool{}, syncRemove: true}
-		for _, p := range unowned {
-			s.deleteNow(ctx, p)
-			if _, err := os.Lstat(p); os.IsNotExist(err) {
-				r.Removed = append(r.Removed, p)
-			}
-		}
+	strays, err := l.survey(map[string]bool{}, func(string) bool { return false })
+	if err != nil {
+		return FsckReport{}, err
+	}
+	var r FsckReport
+	r.repair(ctx, strays)
+	if err := os.Remove(l.dbPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return r, fmt.Errorf("remove the empty index: %w", err)
 	}
 	return r, nil
 }

@@ -31,11 +31,11 @@ func TestFsck(t *testing.T) {
 	}
 
 	// fsck refuses a store in use.
-	if _, err := Fsck(ctx, root, false); err == nil || !strings.Contains(err.Error(), "locked") {
+	if _, err := Fsck(ctx, root, FsckOptions{}); err == nil || !strings.Contains(err.Error(), "locked") {
 		t.Fatalf("fsck of a running store: %v, want a lock error", err)
 	}
 	sn.Close()
-	r, err := Fsck(ctx, root, false)
+	r, err := Fsck(ctx, root, FsckOptions{})
 	if err != nil || len(r.Findings) != 0 {
 		t.Fatalf("clean store: findings %q, %v", r.Findings, err)
 	}
@@ -54,7 +54,7 @@ func TestFsck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	r, err = Fsck(ctx, root, false)
+	r, err = Fsck(ctx, root, FsckOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestFsck(t *testing.T) {
 		t.Fatalf("fsck without --repair removed %v", r.Removed)
 	}
 
-	r, err = Fsck(ctx, root, true)
+	r, err = Fsck(ctx, root, FsckOptions{Repair: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func TestFsck(t *testing.T) {
 			t.Errorf("repair touched %s's layer: %v", key, err)
 		}
 	}
-	r, _ = Fsck(ctx, root, false)
+	r, _ = Fsck(ctx, root, FsckOptions{})
 	if len(r.Findings) != 2 {
 		t.Fatalf("after repair: %q, want only the two unrepairable findings", r.Findings)
 	}

@@ -175,7 +175,7 @@ func TestFullDisk(t *testing.T) {
 				t.Fatalf("Commit after space was freed: %v", err)
 			}
 			sn.Close()
-			if r, err := Fsck(ctx, root, false); err != nil || len(r.Findings) != 0 {
+			if r, err := Fsck(ctx, root, FsckOptions{}); err != nil || len(r.Findings) != 0 {
 				t.Fatalf("fsck: %v %q", err, r.Findings)
 			}
 		})

@@ -18,6 +18,9 @@ import (
 //	layers/rm-<dir>      a removed snapshot's layer awaiting deletion
 //	work/<dir>           overlay's workdir, for active snapshots
 //	empty/               an empty lower directory for layers unpacked without their parent
+//	probe-*              the overlay mounted once at start to check the kernel and options
+//
+// ownership.go says which of these belong to a snapshot and which may go.
 //
 // A layer's directory name is short and of fixed length, and all layers sit
 // in one directory, so that lowerdir= of a 500-layer chain fits in the one
@@ -33,6 +36,7 @@ const (
 	emptyDir     = "empty"
 	tempPrefix   = "tmp-"
 	removePrefix = "rm-"
+	probePrefix  = "probe-"
 )
 
 // nameLen is the length of a layer's directory name. Six characters of
@@ -57,6 +61,7 @@ func (l layout) layer(name string) string    { return filepath.Join(l.layersRoot
 func (l layout) work(name string) string     { return filepath.Join(l.workRoot(), name) }
 func (l layout) removing(name string) string { return filepath.Join(l.layersRoot(), removePrefix+name) }
 func (l layout) tempDir() (string, error)    { return os.MkdirTemp(l.layersRoot(), tempPrefix) }
+func (l layout) probeDir() (string, error)   { return os.MkdirTemp(l.root, probePrefix) }
 
 // init creates the skeleton of the layout.
 func (l layout) init() error {

@@ -125,8 +125,11 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 	if err != nil {
 		return nil, err
 	}
-	if err := mounts.Probe(root, options); err != nil {
+	if err := probe(l, options); err != nil {
 		return nil, fmt.Errorf("overlayfs is not usable under %s: %w", root, err)
+	}
+	if err := l.checkIndexPresent(); err != nil {
+		return nil, err
 	}
 	db, err := metadata.Open(ctx, l.dbPath())
 	if err != nil {
@@ -146,6 +149,21 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 	}
 	s.warnIfDeepChainsCannotMount(ctx)
 	return s, nil
+}
+
+// probe mounts a small overlay with options in a probe directory under the
+// root, and removes the directory unless the mount could not be undone.
+func probe(l layout, options []string) error {
+	td, err := l.probeDir()
+	if err != nil {
+		return fmt.Errorf("create probe directory: %w", err)
+	}
+	if err := mounts.Probe(td, options); err != nil {
+		// Left for the next start's survey, which checks for mounts
+		// before deleting.
+		return err
+	}
+	return os.RemoveAll(td)
 }
 
 // get reads the record of key.
@@ -483,7 +501,9 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 	})
 	if err != nil {
 		for i := len(moved) - 1; i >= 0; i-- {
-			if rerr := os.Rename(moved[i][1], moved[i][0]); rerr != nil {
+			// Cleanup may have put it back already: the snapshot is
+			// still recorded (see ownership.go).
+			if rerr := os.Rename(moved[i][1], moved[i][0]); rerr != nil && !exists(moved[i][0]) {
 				log.G(ctx).WithError(rerr).WithField("key", key).Error("failed to restore directory of a snapshot whose removal did not commit")
 			}
 		}
@@ -518,7 +538,12 @@ func (s *snapshotter) delete(ctx context.Context, dir string) {
 	}()
 }
 
-func (s *snapshotter) deleteNow(ctx context.Context, dir string) {
+func (s *snapshotter) deleteNow(ctx context.Context, dir string) { deleteDir(ctx, dir) }
+
+// deleteDir removes dir unless something is mounted at or below it. Failures
+// are logged: whoever asked has already decided the directory is garbage, and
+// Cleanup (or the next start) tries again.
+func deleteDir(ctx context.Context, dir string) {
 	logger := log.G(ctx).WithField("path", dir)
 	points, err := mounts.MountedUnder(dir)
 	if err != nil {
@@ -564,95 +589,83 @@ func (s *snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...str
 	return nil
 }
 
-// Cleanup deletes every directory under the root that no snapshot owns:
-// leftovers of removals and of operations interrupted by a crash.
+// Cleanup puts back what a Remove that did not commit moved aside, and
+// deletes what no snapshot owns: leftovers of removals and of operations
+// interrupted by a crash. ownership.go decides which is which.
 func (s *snapshotter) Cleanup(ctx context.Context) error {
-	var dirs []string
-	// A write transaction keeps Prepare and Remove, which create and move
-	// directories inside theirs, out while the disk is compared to the index.
-	err := s.db.Update(func(tx *metadata.Tx) error {
-		var err error
-		dirs, err = s.unowned(tx)
-		return err
+	_, err := s.tidy(ctx)
+	return err
+}
+
+// tidy acts on the survey of the root: restores inside a write transaction,
+// which keeps Prepare and Remove (they move directories inside theirs) out
+// while the disk is compared with the index; deletions after it. It returns
+// the survey.
+func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
+	var strays []stray
+	err := s.db.Update(func(tx *metadata.Tx) (err error) {
+		if strays, err = s.layout.survey(recordedDirs(tx), s.beingDeleted); err != nil {
+			return err
+		}
+		for _, st := range strays {
+			if st.fate == restore {
+				if err := os.Rename(st.path, st.to); err != nil {
+					return fmt.Errorf("put back %s: %w", st.path, err)
+				}
+				log.G(ctx).WithField("path", st.to).Warn("restored directory of a snapshot whose removal did not commit")
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, d := range dirs {
-		log.G(ctx).WithField("path", d).Debug("deleting unowned directory")
-		s.deleteNow(ctx, d)
+	for _, st := range strays {
+		if st.fate == garbage {
+			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Debug("deleting directory no snapshot owns")
+			s.deleteNow(ctx, st.path)
+		}
 	}
-	return nil
+	return strays, nil
 }
 
-// unowned lists the entries of layers/ and work/ that no recorded snapshot
-// owns and no background deletion is already working on.
-func (s *snapshotter) unowned(tx *metadata.Tx) ([]string, error) {
-	owned := tx.Dirs()
+// recordedDirs is the set of directory names the index gives to snapshots.
+func recordedDirs(tx *metadata.Tx) map[string]bool {
+	names := map[string]bool{}
+	for name := range tx.Dirs() {
+		names[name] = true
+	}
+	return names
+}
+
+// beingDeleted reports whether a background deletion is working on path.
+func (s *snapshotter) beingDeleted(path string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var dirs []string
-	for _, root := range []string{s.layout.layersRoot(), s.layout.workRoot()} {
-		entries, err := os.ReadDir(root)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entries {
-			p := filepath.Join(root, e.Name())
-			if _, ok := owned[e.Name()]; ok || s.removing[p] {
-				continue
-			}
-			dirs = append(dirs, p)
-		}
-	}
-	return dirs, nil
+	return s.removing[path]
 }
 
-// reconcile runs at start, before anything is served.
+// reconcile runs at start, before anything is served: it tidies the root
+// and tells the operator about what it cannot fix.
 func (s *snapshotter) reconcile(ctx context.Context) error {
-	entries, err := os.ReadDir(s.layout.layersRoot())
+	strays, err := s.tidy(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("reconcile index with disk: %w", err)
 	}
-	layers := 0
-	for _, e := range entries {
-		if isLayerName(e.Name()) || strings.HasPrefix(e.Name(), removePrefix) {
-			layers++
+	for _, st := range strays {
+		if st.fate == foreign {
+			log.G(ctx).WithField("path", st.path).Warn("entry under strata's root is not one strata makes; leaving it alone")
 		}
 	}
-	// A fresh index over existing layers means the index was lost, not
-	// that the layers are garbage: refuse rather than delete them all.
-	if s.db.Created() && layers > 0 {
-		return fmt.Errorf("the index %s is new but %s holds %d layer directories; restore the index or move them away: %w",
-			s.layout.dbPath(), s.layout.layersRoot(), layers, errdefs.ErrFailedPrecondition)
-	}
-	var missing []string
-	err = s.db.View(func(tx *metadata.Tx) error {
+	return s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
-			dir := s.layout.layer(rec.Dir)
-			if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-				// A crash between Remove's rename and its commit: the
-				// snapshot is still recorded, so its directory goes back.
-				if rerr := os.Rename(s.layout.removing(rec.Dir), dir); rerr == nil {
-					log.G(ctx).WithField("key", rec.Key).Warn("restored directory of a snapshot whose removal did not commit")
-				}
-			}
-			if _, err := os.Stat(s.layout.work(rec.Dir)); errors.Is(err, os.ErrNotExist) {
-				os.Rename(filepath.Join(s.layout.workRoot(), removePrefix+rec.Dir), s.layout.work(rec.Dir))
-			}
-			if _, err := os.Stat(dir); err != nil {
-				missing = append(missing, rec.Key)
+			if !exists(s.layout.layer(rec.Dir)) {
+				log.G(ctx).WithField("key", rec.Key).WithField("path", s.layout.layer(rec.Dir)).
+					Error("snapshot's directory is missing; its contents are lost (strata-snapshotter fsck reports it)")
 			}
 			return nil
 		})
 	})
-	if err != nil {
-		return fmt.Errorf("reconcile index with disk: %w", err)
-	}
-	for _, key := range missing {
-		log.G(ctx).WithField("key", key).Error("snapshot's directory is missing; its contents are lost")
-	}
-	return s.Cleanup(ctx)
 }
 
 // warnIfDeepChainsCannotMount tells the operator at start when the root path

@@ -352,25 +352,6 @@ func TestMountsShapes(t *testing.T) {
 	}
 }
 
-// TestLostIndexRefused: if the index is gone but layers are on disk, strata
-// refuses to start instead of treating every layer as garbage.
-func TestLostIndexRefused(t *testing.T) {
-	sn, root := newTestSnapshotter(t)
-	commitLayer(t, sn, "base", "", map[string]string{"f": "x"})
-	before := entries(t, root)
-	sn.Close()
-	if err := os.Remove(filepath.Join(root, dbFile)); err != nil {
-		t.Fatal(err)
-	}
-	_, err := New(context.Background(), root)
-	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "restore the index") {
-		t.Fatalf("start with a lost index: %v, want FailedPrecondition", err)
-	}
-	if after := entries(t, root); after != before {
-		t.Fatalf("layers touched: before %s, after %s", before, after)
-	}
-}
-
 // TestInterruptedRemoveRestored: a crash after Remove moved the directory
 // aside but before its transaction committed leaves the snapshot recorded;
 // at start its directory is put back, not deleted.

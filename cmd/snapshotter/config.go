@@ -19,8 +19,15 @@ const (
 	defaultConfigPath = "/etc/strata/config.toml"
 	defaultRoot       = "/var/lib/strata"
 	defaultAddress    = "/run/strata/strata.sock"
-	defaultAdmin      = "/run/strata/admin.sock"
 )
+
+// adminAddressFor is the admin socket of the daemon serving address when
+// admin_address is not set: beside it, so that daemons given only their own
+// --root and --address never share one (as containerd puts its ttrpc socket
+// beside its gRPC socket).
+func adminAddressFor(address string) string {
+	return strings.TrimSuffix(address, ".sock") + ".admin.sock"
+}
 
 // Config is the daemon's configuration: built-in defaults, then the TOML
 // file, then command-line flags, then validated once.
@@ -29,7 +36,8 @@ type Config struct {
 	Root string `toml:"root"`
 	// Address is the unix socket serving containerd's Snapshots API.
 	Address string `toml:"address"`
-	// AdminAddress is the unix socket serving the operator's JSON API.
+	// AdminAddress is the unix socket serving the operator's JSON API;
+	// empty means adminAddressFor(Address).
 	AdminAddress string `toml:"admin_address"`
 	// MetricsAddress serves Prometheus metrics and /healthz: a unix socket
 	// path or a loopback host:port; empty is off.
@@ -64,7 +72,6 @@ func defaultConfig() Config {
 	return Config{
 		Root:            defaultRoot,
 		Address:         defaultAddress,
-		AdminAddress:    defaultAdmin,
 		LogLevel:        "info",
 		SyncOnCommit:    true,
 		ShutdownTimeout: duration{10 * time.Second},
@@ -101,15 +108,23 @@ func loadFile(cfg *Config, path string, named bool) error {
 	return nil
 }
 
-// validate checks cfg once every source has been applied.
+// validate checks cfg once every source has been applied, and fills in
+// the admin address when none was set.
 func (c *Config) validate() error {
 	if c.Root == "" || !filepath.IsAbs(c.Root) {
 		return fmt.Errorf("root: %q must be an absolute path", c.Root)
 	}
-	for key, path := range map[string]string{"address": c.Address, "admin_address": c.AdminAddress} {
-		if err := validateSocketPath(path); err != nil {
-			return fmt.Errorf("%s: %w", key, err)
+	if err := validateSocketPath(c.Address); err != nil {
+		return fmt.Errorf("address: %w", err)
+	}
+	if c.AdminAddress == "" {
+		c.AdminAddress = adminAddressFor(c.Address)
+		if err := validateSocketPath(c.AdminAddress); err != nil {
+			return fmt.Errorf("admin_address: unset, so it would be %q beside address, but %w; set it", c.AdminAddress, err)
 		}
+	}
+	if err := validateSocketPath(c.AdminAddress); err != nil {
+		return fmt.Errorf("admin_address: %w", err)
 	}
 	if err := validateMetricsAddress(c.MetricsAddress); err != nil {
 		return fmt.Errorf("metrics_address: %w", err)

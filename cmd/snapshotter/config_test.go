@@ -46,6 +46,14 @@ shutdown_timeout = "3s"
 	if !reflect.DeepEqual(cfg, want) {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
+	// Unset, the admin socket is beside the address in force.
+	cfg, _, err = parseConfig([]string{"--config", p, "--address", "/flag/x.sock"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AdminAddress != "/flag/x.admin.sock" {
+		t.Fatalf("admin address %q, want /flag/x.admin.sock beside --address", cfg.AdminAddress)
+	}
 }
 
 // TestConfigDefaultFileMayBeMissing: without --config a missing file means

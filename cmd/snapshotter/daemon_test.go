@@ -123,13 +123,20 @@ func launch(t testing.TB, root string, args ...string) (*daemon, error) {
 		}
 		full = append(full, "--config", empty)
 	}
-	d.admin = filepath.Join(dir, "admin.sock")
-	full = append(full, "--root", root, "--address", d.address, "--admin-address", d.admin, "--log-level", "debug")
+	full = append(full, "--root", root, "--address", d.address, "--log-level", "debug")
 	// Later flags win, so args may override any of the above.
 	full = append(full, args...)
 	for i, a := range args {
 		if a == "--address" && i+1 < len(args) {
 			d.address = args[i+1]
+		}
+	}
+	// The admin socket is the default one, beside the address, unless
+	// args name one.
+	d.admin = adminAddressFor(d.address)
+	for i, a := range args {
+		if a == "--admin-address" && i+1 < len(args) {
+			d.admin = args[i+1]
 		}
 	}
 	d.cmd = exec.Command(binary, full...)

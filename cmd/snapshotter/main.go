@@ -73,7 +73,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		configPath  = fl.String("config", defaultConfigPath, "path to the TOML config file")
 		root        = fl.String("root", "", "directory holding snapshots and the index (default "+defaultRoot+")")
 		address     = fl.String("address", "", "unix socket to serve the Snapshots API on (default "+defaultAddress+")")
-		admin       = fl.String("admin-address", "", "unix socket to serve the operator's JSON API on (default "+defaultAdmin+")")
+		admin       = fl.String("admin-address", "", "unix socket to serve the operator's JSON API on (default: beside --address, ADDRESS.admin.sock)")
 		metricsAddr = fl.String("metrics-address", "", "unix socket or 127.0.0.1:PORT for Prometheus metrics and /healthz (default off)")
 		logLevel    = fl.String("log-level", "", "log level: trace, debug, info, warn, error (default info)")
 		showVersion = fl.Bool("version", false, "print the version and exit")

@@ -34,22 +34,52 @@ var subcommands = map[string]subcommand{
 func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("strata-snapshotter "+name, flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	address := fl.String("admin-address", defaultAdmin, "the daemon's admin socket")
+	configPath := fl.String("config", defaultConfigPath, "the daemon's config file, for its address and admin_address")
+	address := fl.String("address", "", "the daemon's Snapshots socket; its admin socket is beside it (default: from --config)")
+	adminAddress := fl.String("admin-address", "", "the daemon's admin socket (default: from --address or --config)")
 	asJSON := fl.Bool("json", false, "print JSON instead of a table")
 	fl.Usage = func() {
-		fmt.Fprintf(stderr, "usage: strata-snapshotter %s [--admin-address SOCKET] [--json]\n", cmd.usage)
+		fmt.Fprintf(stderr, "usage: strata-snapshotter %s [--config FILE | --address SOCKET | --admin-address SOCKET] [--json]\n", cmd.usage)
 		fl.PrintDefaults()
 	}
 	if code, ok := parseArgs(fl, args, cmd.args); !ok {
 		return code
 	}
+	set := map[string]bool{}
+	fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	socket, err := operatorAdminAddress(set, *configPath, *address, *adminAddress)
+	if err != nil {
+		fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
+		return 1
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := cmd.run(ctx, admin.NewClient(*address), fl.Args(), stdout, *asJSON); err != nil {
+	if err := cmd.run(ctx, admin.NewClient(socket), fl.Args(), stdout, *asJSON); err != nil {
 		fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
 		return 1
 	}
 	return 0
+}
+
+// operatorAdminAddress finds the admin socket of the daemon an operator
+// command means: --admin-address as given; else the one beside --address;
+// else the daemon's config file's (as the daemon itself resolves it, so a
+// daemon started with only that file is found by the same file).
+func operatorAdminAddress(set map[string]bool, configPath, address, adminAddress string) (string, error) {
+	switch {
+	case set["admin-address"]:
+		return adminAddress, nil
+	case set["address"]:
+		return adminAddressFor(address), nil
+	}
+	cfg := defaultConfig()
+	if err := loadFile(&cfg, configPath, set["config"]); err != nil {
+		return "", err
+	}
+	if err := cfg.validate(); err != nil {
+		return "", fmt.Errorf("config %s: %w", configPath, err)
+	}
+	return cfg.AdminAddress, nil
 }
 
 // parseArgs parses a subcommand's flags and checks it got nargs positional

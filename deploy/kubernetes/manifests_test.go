@@ -152,7 +152,7 @@ func TestManifestsHangTogether(t *testing.T) {
 		t.Errorf("init step adds handler %q, RuntimeClass names %q", h, m.RuntimeClass.Handler)
 	}
 	// Every path the daemon uses is on a host volume it mounts.
-	for _, flag := range []string{"root", "address", "admin-address", "metrics-address"} {
+	for _, flag := range []string{"root", "address", "metrics-address"} {
 		if p := arg(daemon.Args, flag); !underMount(daemon, p) {
 			t.Errorf("--%s=%s is not on a host volume", flag, p)
 		}

@@ -1,0 +1,344 @@
+package snapshotter
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/errdefs"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The states a store is left in by crashes and by operators, and what
+// start-up and fsck do with each: no recorded (or possibly recorded) layer is
+// ever deleted without an explicit operator command, and strata either
+// starts with everything intact or refuses, every time, saying what to do.
+
+// store is a store with two committed layers, a container on the top one
+// and a view of the bottom one, closed.
+type store struct {
+	root string
+	dirs map[string]string // key -> layer directory name
+}
+
+// files is what each snapshot of a store shows at its root.
+var storeFiles = map[string]string{"base": "f", "top": "g", "ctr": "h"}
+
+func newStore(t *testing.T) store {
+	t.Helper()
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"f": "base"})
+	commitLayer(t, sn, "top", "base", map[string]string{"g": "top"})
+	ms, err := sn.Prepare(ctx, "ctr", "top")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, ms, func(dir string) {
+		if err := os.WriteFile(filepath.Join(dir, "h"), []byte("ctr"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if _, err := sn.View(ctx, "view", "base"); err != nil {
+		t.Fatal(err)
+	}
+	st := store{root: root, dirs: map[string]string{}}
+	for _, key := range []string{"base", "top", "ctr", "view"} {
+		rec, err := sn.get(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.dirs[key] = rec.Dir
+	}
+	if err := sn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func (st store) path(elem ...string) string {
+	return filepath.Join(append([]string{st.root}, elem...)...)
+}
+
+// checkIntact starts the store and checks that every snapshot but those in
+// lost shows its files: the committed layers through a view, the container
+// through its own mount.
+func (st store) checkIntact(t *testing.T, lost ...string) {
+	t.Helper()
+	ctx := context.Background()
+	sn, err := New(ctx, st.root)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	defer sn.Close()
+	for key, file := range storeFiles {
+		if strings.Contains(strings.Join(lost, " "), key) {
+			continue
+		}
+		ms, done := mountsOf(t, sn, key)
+		withMount(t, ms, func(dir string) {
+			if b, err := os.ReadFile(filepath.Join(dir, file)); err != nil || string(b) != key {
+				t.Errorf("snapshot %q after restart: %s holds %q (%v), want %q", key, file, b, err, key)
+			}
+		})
+		done()
+	}
+}
+
+// mountsOf returns the mounts showing key: its own for the container, a
+// view's for a committed layer; done removes the view.
+func mountsOf(t *testing.T, sn Snapshotter, key string) (_ []mount.Mount, done func()) {
+	t.Helper()
+	ctx := context.Background()
+	if key == "ctr" {
+		ms, err := sn.Mounts(ctx, key)
+		if err != nil {
+			t.Fatalf("mounts of %q: %v", key, err)
+		}
+		return ms, func() {}
+	}
+	view := "check-" + key
+	ms, err := sn.View(ctx, view, key)
+	if err != nil {
+		t.Fatalf("view of %q: %v", key, err)
+	}
+	return ms, func() {
+		if err := sn.Remove(ctx, view); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// fsckSays runs fsck and requires each of want among its findings.
+func fsckSays(t *testing.T, root string, opts FsckOptions, want ...string) FsckReport {
+	t.Helper()
+	r, err := Fsck(context.Background(), root, opts)
+	if err != nil {
+		t.Fatalf("fsck %+v: %v", opts, err)
+	}
+	all := strings.Join(r.Findings, "\n")
+	for _, w := range want {
+		if !strings.Contains(all, w) {
+			t.Errorf("fsck findings lack %q:\n%s", w, all)
+		}
+	}
+	return r
+}
+
+// snapshotOf lists every file and directory under the root with its
+// content, so that "nothing changed" can be asserted byte for byte.
+func snapshotOf(t *testing.T, root string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		b.WriteString(rel)
+		if fi.Mode().IsRegular() {
+			c, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			b.WriteString("=" + string(bytes.ToValidUTF8(c, []byte("?"))))
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// refusedEveryTime starts the store several times; every start must fail
+// with want in its message and change nothing on disk.
+func refusedEveryTime(t *testing.T, root string, want string, is func(error) bool) {
+	t.Helper()
+	before := snapshotOf(t, root)
+	for i := range 3 {
+		sn, err := New(context.Background(), root)
+		if err == nil {
+			sn.Close()
+			t.Fatalf("start %d succeeded; want a refusal saying %q", i+1, want)
+		}
+		if !strings.Contains(err.Error(), want) || !is(err) {
+			t.Fatalf("start %d: %v; want a refusal of the right kind saying %q", i+1, err, want)
+		}
+		if after := snapshotOf(t, root); after != before {
+			t.Fatalf("refused start %d changed the store:\nbefore:\n%s\nafter:\n%s", i+1, before, after)
+		}
+	}
+}
+
+// TestIndexLostOrEmpty: with layers on disk and the index missing, or an
+// empty file in its place, every start refuses and creates nothing, fsck
+// says the same, and only fsck --discard-unindexed deletes the layers, after
+// which strata starts an empty store.
+func TestIndexLostOrEmpty(t *testing.T) {
+	for name, damage := range map[string]func(string) error{
+		"missing": os.Remove,
+		"empty":   func(p string) error { return os.Truncate(p, 0) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := newStore(t)
+			if err := damage(st.path(dbFile)); err != nil {
+				t.Fatal(err)
+			}
+			const remedy = "--discard-unindexed"
+			refusedEveryTime(t, st.root, remedy, errdefs.IsFailedPrecondition)
+			before := snapshotOf(t, st.root)
+			for _, opts := range []FsckOptions{{}, {Repair: true}} {
+				if _, err := Fsck(context.Background(), st.root, opts); err == nil || !strings.Contains(err.Error(), remedy) {
+					t.Fatalf("fsck %+v of a store without its index: %v, want the refusal naming %s", opts, err, remedy)
+				}
+			}
+			if after := snapshotOf(t, st.root); after != before {
+				t.Fatalf("fsck changed a store without its index:\n%s\n->\n%s", before, after)
+			}
+
+			r, err := Fsck(context.Background(), st.root, FsckOptions{DiscardUnindexed: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(r.Removed) < 4 {
+				t.Fatalf("discard removed %v, want the 4 layer directories and the container's work directory", r.Removed)
+			}
+			sn, err := New(context.Background(), st.root)
+			if err != nil {
+				t.Fatalf("start after discard: %v", err)
+			}
+			defer sn.Close()
+			if got := entries(t, st.root); got != "" {
+				t.Fatalf("after discard the store holds %s", got)
+			}
+			if _, err := Fsck(context.Background(), st.root, FsckOptions{DiscardUnindexed: true}); !errdefs.IsFailedPrecondition(err) {
+				t.Fatalf("discard with an index present: %v, want FailedPrecondition", err)
+			}
+		})
+	}
+}
+
+// TestIndexUnreadable: an index that is not a bbolt file, or that a newer
+// strata wrote, is refused on every start without a change to it or to any
+// layer.
+func TestIndexUnreadable(t *testing.T) {
+	t.Run("not bbolt", func(t *testing.T) {
+		st := newStore(t)
+		if err := os.WriteFile(st.path(dbFile), bytes.Repeat([]byte("not an index\n"), 1000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		refusedEveryTime(t, st.root, "not a readable bbolt file", errdefs.IsDataLoss)
+		if _, err := Fsck(context.Background(), st.root, FsckOptions{Repair: true}); !errdefs.IsDataLoss(err) {
+			t.Fatalf("fsck --repair of an unreadable index: %v, want DataLoss", err)
+		}
+	})
+	t.Run("newer schema", func(t *testing.T) {
+		st := newStore(t)
+		db, err := bolt.Open(st.path(dbFile), 0o600, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("strata")).Put([]byte("schema"), binary.BigEndian.AppendUint32(nil, 99))
+		})
+		db.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		refusedEveryTime(t, st.root, "newer strata", errdefs.IsFailedPrecondition)
+	})
+}
+
+// TestRecordedLayerMissing: a snapshot whose directory an operator deleted
+// is reported at start and by fsck, and nothing else is touched; --repair
+// does not delete the record or anything of another snapshot.
+func TestRecordedLayerMissing(t *testing.T) {
+	st := newStore(t)
+	if err := os.RemoveAll(st.path(layersDir, st.dirs["ctr"])); err != nil {
+		t.Fatal(err)
+	}
+	st.checkIntact(t, "ctr")
+	fsckSays(t, st.root, FsckOptions{Repair: true}, `snapshot "ctr": its layer directory`)
+	st.checkIntact(t, "ctr")
+	fsckSays(t, st.root, FsckOptions{}, `snapshot "ctr": its layer directory`)
+}
+
+// TestInterruptedOperations: what each crash leaves (a layer being built, a
+// layer of a Prepare that did not commit, removals that did and did not
+// commit, a start-up probe), handled the same way by start-up and by fsck
+// --repair: the recorded snapshots' directories go back, the rest goes, and
+// what strata did not make stays.
+func TestInterruptedOperations(t *testing.T) {
+	for _, first := range []string{"start", "fsck --repair"} {
+		t.Run(first, func(t *testing.T) {
+			st := newStore(t)
+			// Removals of the committed bottom layer and of the
+			// container cut off before their transactions committed.
+			for _, m := range [][2]string{
+				{st.path(layersDir, st.dirs["base"]), st.path(layersDir, removePrefix+st.dirs["base"])},
+				{st.path(layersDir, st.dirs["ctr"]), st.path(layersDir, removePrefix+st.dirs["ctr"])},
+				{st.path(workDir, st.dirs["ctr"]), st.path(workDir, removePrefix+st.dirs["ctr"])},
+			} {
+				if err := os.Rename(m[0], m[1]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			garbage := []string{
+				st.path(layersDir, tempPrefix+"123"),            // a layer being built
+				st.path(layersDir, "QQQQQQ"),                    // a Prepare that did not commit
+				st.path(workDir, "QQQQQQ"),                      // its work directory
+				st.path(layersDir, removePrefix+"ZZZZZZ"),       // a committed removal
+				st.path(workDir, removePrefix+"ZZZZZZ"),         // its work directory
+				st.path(probePrefix + "42"),                     // a start-up probe
+				st.path(layersDir, removePrefix+st.dirs["top"]), // a committed removal of a name since reused
+			}
+			foreign := []string{st.path("backup"), st.path(layersDir, "backup.tar"), st.path(workDir, "notes")}
+			for _, d := range append(garbage, foreign...) {
+				if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			r := fsckSays(t, st.root, FsckOptions{},
+				removePrefix+st.dirs["base"]+" is the directory of a recorded snapshot",
+				removePrefix+st.dirs["ctr"]+" is the directory of a recorded snapshot",
+				tempPrefix+"123 belongs to no snapshot",
+				probePrefix+"42 belongs to no snapshot",
+				"backup is not a name strata makes")
+			if len(r.Removed)+len(r.Restored) != 0 {
+				t.Fatalf("fsck without --repair changed the store: %+v", r)
+			}
+			if first == "fsck --repair" {
+				r := fsckSays(t, st.root, FsckOptions{Repair: true})
+				if len(r.Restored) != 3 || len(r.Removed) != len(garbage) {
+					t.Fatalf("repair restored %v and removed %v; want the 3 moved directories back and the %d leftovers gone",
+						r.Restored, r.Removed, len(garbage))
+				}
+			}
+			st.checkIntact(t)
+			for _, d := range garbage {
+				if exists(d) {
+					t.Errorf("%s survived %s and a start", d, first)
+				}
+			}
+			for _, d := range foreign {
+				if !exists(filepath.Join(d, "sub")) {
+					t.Errorf("%s, which strata did not make, was deleted", d)
+				}
+			}
+			for _, d := range foreign {
+				os.RemoveAll(d)
+			}
+			if r := fsckSays(t, st.root, FsckOptions{}); len(r.Findings) != 0 {
+				t.Fatalf("after %s and a start, fsck finds %q", first, r.Findings)
+			}
+		})
+	}
+}
