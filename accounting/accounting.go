@@ -15,8 +15,20 @@ type Node struct {
 	Key    string
 	Parent string // "" for none
 	Kind   string // "active", "view" or "committed"
-	Bytes  int64  // the layer's own apparent bytes
+	// Dir is where the layer is stored. Snapshots with the same Dir are
+	// one layer stored once (the same layer committed again through
+	// parallel unpack); "" means a directory of its own.
+	Dir    string
+	Bytes  int64 // the layer's own apparent bytes
 	Inodes int64
+}
+
+// stored names where n's layer is stored.
+func (n Node) stored() string {
+	if n.Dir != "" {
+		return "dir:" + n.Dir
+	}
+	return "key:" + n.Key
 }
 
 // Leaf is a snapshot nothing stands on, with what its chain weighs.
@@ -65,13 +77,17 @@ func Compute(nodes []Node) (Report, error) {
 		hasChild[n.Parent] = true
 	}
 
-	// Each leaf's chain, and how many leaves stand on each layer.
+	// Each leaf's chain, and how many leaves stand on each stored layer.
 	chains := map[string][]string{}
 	users := map[string]int{}
+	counted := map[string]bool{}
 	var r Report
 	for _, n := range nodes {
-		r.PhysicalBytes += n.Bytes
-		r.PhysicalInodes += n.Inodes
+		if !counted[n.stored()] {
+			counted[n.stored()] = true
+			r.PhysicalBytes += n.Bytes
+			r.PhysicalInodes += n.Inodes
+		}
 		if hasChild[n.Key] {
 			continue
 		}
@@ -81,7 +97,7 @@ func Compute(nodes []Node) (Report, error) {
 				return Report{}, fmt.Errorf("parent chain of %q loops", n.Key)
 			}
 			chain = append(chain, k)
-			users[k]++
+			users[byKey[k].stored()]++
 		}
 		chains[n.Key] = chain
 	}
@@ -90,7 +106,7 @@ func Compute(nodes []Node) (Report, error) {
 		for _, k := range chain {
 			b := byKey[k].Bytes
 			l.TotalBytes += b
-			if users[k] == 1 {
+			if users[byKey[k].stored()] == 1 {
 				l.UniqueBytes += b
 			} else {
 				l.SharedBytes += b

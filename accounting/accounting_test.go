@@ -104,3 +104,22 @@ func TestEmptyStore(t *testing.T) {
 		t.Fatalf("empty store: %+v (leaves must be an empty list, not null)", r)
 	}
 }
+
+// TestOneDirectoryTwoSnapshots: a layer committed twice (two keys, one
+// directory, as parallel unpack of a layer already held makes it) is stored
+// once: physical counts it once, and a leaf on either copy shares it.
+func TestOneDirectoryTwoSnapshots(t *testing.T) {
+	r := compute(t, []Node{
+		{Key: "base", Kind: "committed", Dir: "B", Bytes: 1000},
+		{Key: "top-ns1", Parent: "base", Kind: "committed", Dir: "T", Bytes: 100},
+		{Key: "top-ns2", Parent: "base", Kind: "committed", Dir: "T", Bytes: 100},
+	})
+	if r.PhysicalBytes != 1100 || r.LogicalBytes != 2200 || r.SavedBytes != 1100 {
+		t.Fatalf("physical %d, logical %d, saved %d; want 1100, 2200, 1100", r.PhysicalBytes, r.LogicalBytes, r.SavedBytes)
+	}
+	for _, key := range []string{"top-ns1", "top-ns2"} {
+		if l := leaf(t, r, key); l.UniqueBytes != 0 || l.SharedBytes != 1100 {
+			t.Errorf("%s: unique %d, shared %d; want 0 and 1100", key, l.UniqueBytes, l.SharedBytes)
+		}
+	}
+}

@@ -103,7 +103,7 @@ func Handler(src Source) http.Handler {
 		}
 		nodes := make([]accounting.Node, len(details))
 		for i, d := range details {
-			nodes[i] = accounting.Node{Key: d.Name, Parent: d.Parent, Kind: kind(d), Bytes: d.Usage.Bytes, Inodes: d.Usage.Inodes}
+			nodes[i] = accounting.Node{Key: d.Name, Parent: d.Parent, Kind: kind(d), Dir: d.Dir, Bytes: d.Usage.Bytes, Inodes: d.Usage.Inodes}
 		}
 		report, err := accounting.Compute(nodes)
 		reply(w, r, report, err)

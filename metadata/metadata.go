@@ -11,10 +11,16 @@
 //	strata/
 //	  schema            key: the schema version, big-endian uint32
 //	  snapshots/<key>/  one bucket per snapshot, fields below
-//	    id kind parent dir created updated size inodes bytes, labels/
+//	    id kind parent dir created updated size inodes bytes staged, labels/
 //	  ids/<id>          id (big-endian uint64) -> key; its sequence hands out ids
 //	  children/<p><c>   parent id + child id (big-endian) -> child key
-//	  dirs/<dir>        directory name -> id
+//	  dirs/<dir><id>    directory name + id of a snapshot using it -> nothing
+//
+// A directory usually has one snapshot. A committed layer's directory may
+// have several: the same layer (same chain id) committed again through
+// containerd's parallel unpack, which strata serves from the directory it
+// already has (see Snapshot.Staged). The directory goes only with its last
+// snapshot.
 //
 // Every change happens inside one bolt transaction (Update); readers use View
 // and never block the writer or each other.
@@ -38,8 +44,9 @@ import (
 
 // SchemaVersion is the version of the layout described in the package
 // documentation. A file recording a newer version was written by a newer
-// strata and is refused rather than misread.
-const SchemaVersion = 1
+// strata and is refused rather than misread; an older one is migrated when
+// opened. Version 1 had dirs/<dir> -> id, one snapshot per directory.
+const SchemaVersion = 2
 
 var (
 	bucketRoot      = []byte("strata")
@@ -139,7 +146,9 @@ func initSchema(ctx context.Context, tx *bolt.Tx) (created bool, err error) {
 			return false, fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d (run that strata, or restore an index this one wrote): %w",
 				version, SchemaVersion, errdefs.ErrFailedPrecondition)
 		}
-		// Older versions would be migrated here; version 1 is the first.
+		if version < SchemaVersion {
+			return false, migrate(ctx, root, version)
+		}
 		return false, nil
 	}
 	if k, _ := tx.Cursor().First(); k != nil {
@@ -157,6 +166,34 @@ func initSchema(ctx context.Context, tx *bolt.Tx) (created bool, err error) {
 	binary.BigEndian.PutUint32(v[:], SchemaVersion)
 	log.G(ctx).WithField("schema", SchemaVersion).Debug("initialised metadata database")
 	return true, root.Put(keySchema, v[:])
+}
+
+// migrate brings a file of an older schema to the current one, inside the
+// transaction that opens it.
+func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
+	if from == 1 {
+		// dirs/<dir> -> id becomes dirs/<dir><id>.
+		dirs := root.Bucket(bucketDirs)
+		old := map[string][]byte{}
+		if err := dirs.ForEach(func(k, v []byte) error { old[string(k)] = append([]byte(nil), v...); return nil }); err != nil {
+			return err
+		}
+		for k, v := range old {
+			if len(v) != 8 {
+				return fmt.Errorf("migrate schema 1: directory entry %q is corrupt: %w", k, errdefs.ErrDataLoss)
+			}
+			if err := dirs.Delete([]byte(k)); err != nil {
+				return err
+			}
+			if err := dirs.Put(append([]byte(k), v...), nil); err != nil {
+				return err
+			}
+		}
+	}
+	var v [4]byte
+	binary.BigEndian.PutUint32(v[:], SchemaVersion)
+	log.G(ctx).WithField("from", from).WithField("to", SchemaVersion).Info("migrated metadata database")
+	return root.Put(keySchema, v[:])
 }
 
 // Close closes the database. It is safe to call more than once.

@@ -97,6 +97,75 @@ func TestSchemaVersion(t *testing.T) {
 	}
 }
 
+// TestMigrateSchema1: a version 1 file (one snapshot per directory,
+// dirs/<dir> -> id) opens as the current version with the same snapshots,
+// each still owning its directory, and a clean Check.
+func TestMigrateSchema1(t *testing.T) {
+	db, path := openTest(t)
+	var ids = map[string]uint64{}
+	err := db.Update(func(tx *Tx) error {
+		for _, k := range []string{"a", "b"} {
+			s, err := tx.Create(NewSnapshot{Key: k, Kind: snapshots.KindActive, Dir: "D" + k})
+			if err != nil {
+				return err
+			}
+			ids[k] = s.ID
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	// Rewrite it as strata of schema 1 wrote it.
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = raw.Update(func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketRoot)
+		if err := root.DeleteBucket(bucketDirs); err != nil {
+			return err
+		}
+		dirs, err := root.CreateBucket(bucketDirs)
+		if err != nil {
+			return err
+		}
+		for k, id := range ids {
+			if err := dirs.Put([]byte("D"+k), u64(id)); err != nil {
+				return err
+			}
+		}
+		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 1))
+	})
+	raw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err = Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *Tx) error {
+		if v := tx.SchemaVersion(); v != SchemaVersion {
+			t.Errorf("schema %d after migration, want %d", v, SchemaVersion)
+		}
+		for k, id := range ids {
+			if got := tx.DirUsers("D" + k); len(got) != 1 || got[0] != id {
+				t.Errorf("directory D%s belongs to %v after migration, want [%d]", k, got, id)
+			}
+		}
+		if f := tx.Check(); len(f) != 0 {
+			t.Errorf("migrated index has findings: %q", f)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSecondOpenRefused: bolt's lock keeps a second process (here, a second
 // Open) out with a clear error instead of a hang.
 func TestSecondOpenRefused(t *testing.T) {
@@ -126,7 +195,7 @@ func TestIndexes(t *testing.T) {
 			t.Errorf("by id %d: %+v, %v", c1.ID, got, err)
 		}
 		dirs := tx.Dirs()
-		if dirs["Lbase-a"] != base.ID || dirs["Lc1"] != c1.ID || dirs["Lv1"] != v1.ID {
+		if fmt.Sprint(dirs["Lbase-a"]) != fmt.Sprint([]uint64{base.ID}) || fmt.Sprint(dirs["Lc1"]) != fmt.Sprint([]uint64{c1.ID}) || fmt.Sprint(dirs["Lv1"]) != fmt.Sprint([]uint64{v1.ID}) {
 			t.Errorf("dirs: %v", dirs)
 		}
 		if got, _ := tx.Get("base"); got.Usage != (Usage{Size: 4096, Inodes: 3, Bytes: 10}) || got.Kind != snapshots.KindCommitted {
@@ -374,7 +443,7 @@ func TestCheck(t *testing.T) {
 			return r.Bucket(bucketChildren).Delete(childKey(base.ID, c1.ID))
 		}, `snapshot "c1" is missing from the children of "base"`},
 		{"id index lost", func(r *bolt.Bucket) error { return r.Bucket(bucketIDs).Delete(u64(c1.ID)) }, `snapshot "c1" has id`},
-		{"stray directory entry", func(r *bolt.Bucket) error { return r.Bucket(bucketDirs).Put([]byte("STRAY1"), u64(999)) }, `directory index entry "STRAY1" belongs to no snapshot`},
+		{"stray directory entry", func(r *bolt.Bucket) error { return r.Bucket(bucketDirs).Put(dirKey("STRAY1", 999), nil) }, `directory index entry "STRAY1" (snapshot id 999) belongs to no snapshot`},
 		{"parent gone", func(r *bolt.Bucket) error {
 			return r.Bucket(bucketSnapshots).Bucket([]byte("c1")).Put(fieldParent, []byte("nope"))
 		}, `parent "nope", which does not exist`},

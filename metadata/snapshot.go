@@ -1,6 +1,7 @@
 package metadata
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"maps"
@@ -26,6 +27,12 @@ type Snapshot struct {
 	// Usage is the layer's own usage, stored at Commit. It is zero for active
 	// snapshots and views, whose usage is measured on demand.
 	Usage Usage
+	// Staged marks an active snapshot created on the directory of a
+	// committed layer it will be committed as again: containerd's parallel
+	// unpack prepares a layer without its parent, and when strata already
+	// holds that layer it hands the directory out read-only instead of
+	// having it unpacked again. It shares Dir with that layer.
+	Staged bool
 }
 
 // Usage is what a layer's files take.
@@ -69,6 +76,7 @@ var (
 	fieldInodes  = []byte("inodes")
 	fieldBytes   = []byte("bytes")
 	fieldLabels  = []byte("labels")
+	fieldStaged  = []byte("staged")
 )
 
 // Get returns the snapshot recorded under key.
@@ -115,8 +123,11 @@ type NewSnapshot struct {
 	Parent string         // must name a committed snapshot, or be ""
 	Labels map[string]string
 	// Dir is the short name of the new layer's directory; it must not be
-	// in use (see DirInUse).
+	// in use (see DirInUse), unless Staged.
 	Dir string
+	// Staged creates an active snapshot on Dir, the directory of a
+	// committed snapshot (see Snapshot.Staged).
+	Staged bool
 }
 
 // Create records a new active snapshot or view and returns it with its
@@ -141,7 +152,10 @@ func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
 	if t.snapshots.Bucket([]byte(n.Key)) != nil {
 		return Snapshot{}, fmt.Errorf("snapshot %q: %w", n.Key, errdefs.ErrAlreadyExists)
 	}
-	if n.Dir == "" || t.DirInUse(n.Dir) {
+	switch {
+	case n.Staged && (n.Kind != snapshots.KindActive || !t.dirCommitted(n.Dir)):
+		return Snapshot{}, fmt.Errorf("a staged snapshot must be active, on a committed layer's directory (not %q): %w", n.Dir, errdefs.ErrInvalidArgument)
+	case !n.Staged && (n.Dir == "" || t.DirInUse(n.Dir)):
 		return Snapshot{}, fmt.Errorf("directory name %q is empty or in use: %w", n.Dir, errdefs.ErrAlreadyExists)
 	}
 	id, err := t.ids.NextSequence()
@@ -158,11 +172,12 @@ func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
 		Labels:  maps.Clone(n.Labels),
 		Created: now,
 		Updated: now,
+		Staged:  n.Staged,
 	}
 	if err := t.put(s); err != nil {
 		return Snapshot{}, err
 	}
-	if err := t.dirs.Put([]byte(s.Dir), u64(id)); err != nil {
+	if err := t.dirs.Put(dirKey(s.Dir, id), nil); err != nil {
 		return Snapshot{}, err
 	}
 	if n.Parent != "" {
@@ -217,6 +232,7 @@ func (t *Tx) Commit(key, name string, id uint64, usage Usage, base snapshots.Inf
 	s.Created = time.Now().UTC()
 	s.Updated = s.Created
 	s.Usage = usage
+	s.Staged = false
 	if err := t.put(s); err != nil {
 		return Snapshot{}, err
 	}
@@ -233,7 +249,7 @@ func (t *Tx) Commit(key, name string, id uint64, usage Usage, base snapshots.Inf
 }
 
 // Remove deletes the record of key, which must have no children, and returns
-// what it was.
+// what it was. Its directory may still be another snapshot's: see DirInUse.
 func (t *Tx) Remove(key string) (Snapshot, error) {
 	s, err := t.Get(key)
 	if err != nil {
@@ -258,7 +274,7 @@ func (t *Tx) Remove(key string) (Snapshot, error) {
 	if err := t.ids.Delete(u64(s.ID)); err != nil {
 		return Snapshot{}, err
 	}
-	if err := t.dirs.Delete([]byte(s.Dir)); err != nil {
+	if err := t.dirs.Delete(dirKey(s.Dir, s.ID)); err != nil {
 		return Snapshot{}, err
 	}
 	return s, nil
@@ -320,12 +336,37 @@ func (t *Tx) CommittedWithRef(ref, parent string) (Snapshot, bool, error) {
 	ok := false
 	err := t.Walk(func(s Snapshot) error {
 		if !ok && s.Kind == snapshots.KindCommitted && s.Parent == parent &&
-			(s.Key == ref || s.Labels[snapshots.LabelSnapshotRef] == ref) {
+			holds(s, ref) {
 			found, ok = s, true
 		}
 		return nil
 	})
 	return found, ok, err
+}
+
+// CommittedOnChain finds a committed snapshot holding the layer ref names
+// (as CommittedWithRef) whose parent holds the layer parentRef names: the
+// same layer on the same chain, whatever the parent's key. It reads every
+// record.
+func (t *Tx) CommittedOnChain(ref, parentRef string) (Snapshot, bool, error) {
+	var found Snapshot
+	ok := false
+	err := t.Walk(func(s Snapshot) error {
+		if ok || s.Kind != snapshots.KindCommitted || s.Parent == "" || !holds(s, ref) {
+			return nil
+		}
+		if p, err := t.Get(s.Parent); err == nil && holds(p, parentRef) {
+			found, ok = s, true
+		}
+		return nil
+	})
+	return found, ok, err
+}
+
+// holds reports whether s is the layer ref names: its key, or the label
+// containerd's unpacker sets.
+func holds(s Snapshot, ref string) bool {
+	return s.Key == ref || s.Labels[snapshots.LabelSnapshotRef] == ref
 }
 
 // Children returns the keys of the snapshots whose parent has the given id.
@@ -339,9 +380,35 @@ func (t *Tx) Children(id uint64) []string {
 	return kids
 }
 
-// DirInUse reports whether a snapshot already has the directory name.
+// DirInUse reports whether a snapshot has the directory name.
 func (t *Tx) DirInUse(dir string) bool {
-	return t.dirs.Get([]byte(dir)) != nil
+	return len(t.DirUsers(dir)) > 0
+}
+
+// DirUsers returns the ids of the snapshots that have the directory name.
+func (t *Tx) DirUsers(dir string) []uint64 {
+	var ids []uint64
+	c := t.dirs.Cursor()
+	for k, _ := c.Seek([]byte(dir)); k != nil && strings.HasPrefix(string(k), dir); k, _ = c.Next() {
+		if len(k) == len(dir)+8 {
+			ids = append(ids, binary.BigEndian.Uint64(k[len(dir):]))
+		}
+	}
+	return ids
+}
+
+// dirCommitted reports whether a committed snapshot has the directory name.
+func (t *Tx) dirCommitted(dir string) bool {
+	for _, id := range t.DirUsers(dir) {
+		if s, err := t.GetByID(id); err == nil && s.Kind == snapshots.KindCommitted {
+			return true
+		}
+	}
+	return false
+}
+
+func dirKey(dir string, id uint64) []byte {
+	return append([]byte(dir), u64(id)...)
 }
 
 // IDs returns the ids of every recorded snapshot.
@@ -354,11 +421,15 @@ func (t *Tx) IDs() map[uint64]bool {
 	return ids
 }
 
-// Dirs returns every recorded directory name with the id it belongs to.
-func (t *Tx) Dirs() map[string]uint64 {
-	dirs := map[string]uint64{}
-	_ = t.dirs.ForEach(func(k, v []byte) error {
-		dirs[string(k)] = binary.BigEndian.Uint64(v)
+// Dirs returns every recorded directory name with the ids of the snapshots
+// that have it.
+func (t *Tx) Dirs() map[string][]uint64 {
+	dirs := map[string][]uint64{}
+	_ = t.dirs.ForEach(func(k, _ []byte) error {
+		if len(k) > 8 {
+			dir := string(k[:len(k)-8])
+			dirs[dir] = append(dirs[dir], binary.BigEndian.Uint64(k[len(k)-8:]))
+		}
 		return nil
 	})
 	return dirs
@@ -401,6 +472,7 @@ func (t *Tx) put(s Snapshot) error {
 		{fieldSize, u64(uint64(s.Usage.Size))},
 		{fieldInodes, u64(uint64(s.Usage.Inodes))},
 		{fieldBytes, u64(uint64(s.Usage.Bytes))},
+		{fieldStaged, boolByte(s.Staged)},
 	} {
 		if err := b.Put(f.k, f.v); err != nil {
 			return fmt.Errorf("record %q: %w", s.Key, err)
@@ -453,6 +525,7 @@ func readSnapshot(key string, b *bolt.Bucket) (Snapshot, error) {
 	if v := b.Get(fieldBytes); len(v) == 8 {
 		s.Usage.Bytes = int64(binary.BigEndian.Uint64(v))
 	}
+	s.Staged = bytes.Equal(b.Get(fieldStaged), []byte{1})
 	if lb := b.Bucket(fieldLabels); lb != nil {
 		_ = lb.ForEach(func(k, v []byte) error {
 			if s.Labels == nil {
@@ -463,6 +536,13 @@ func readSnapshot(key string, b *bolt.Bucket) (Snapshot, error) {
 		})
 	}
 	return s, nil
+}
+
+func boolByte(v bool) []byte {
+	if v {
+		return []byte{1}
+	}
+	return []byte{0}
 }
 
 func u64(v uint64) []byte {
@@ -502,8 +582,14 @@ func (t *Tx) Check() []string {
 		if got := string(t.ids.Get(u64(s.ID))); got != key {
 			add("snapshot %q has id %d, but the id index names %q", key, s.ID, got)
 		}
-		if v := t.dirs.Get([]byte(s.Dir)); len(v) != 8 || binary.BigEndian.Uint64(v) != s.ID {
+		if t.dirs.Get(dirKey(s.Dir, s.ID)) == nil {
 			add("snapshot %q has directory %q, which the directory index does not give to it", key, s.Dir)
+		}
+		if s.Staged && (s.Kind != snapshots.KindActive || !t.dirCommitted(s.Dir)) {
+			add("%v snapshot %q is marked staged, but is not active on a committed layer's directory", s.Kind, key)
+		}
+		if !s.Staged && s.Kind != snapshots.KindCommitted && len(t.DirUsers(s.Dir)) > 1 {
+			add("%v snapshot %q shares its directory %q with another snapshot", s.Kind, key, s.Dir)
 		}
 		if s.Parent != "" {
 			p, ok := records[s.Parent]
@@ -534,13 +620,18 @@ func (t *Tx) Check() []string {
 		}
 		return nil
 	})
-	idOfDir := map[string]uint64{}
+	dirOfID := map[uint64]string{}
 	for _, s := range records {
-		idOfDir[s.Dir] = s.ID
+		dirOfID[s.ID] = s.Dir
 	}
-	_ = t.dirs.ForEach(func(k, v []byte) error {
-		if id, ok := idOfDir[string(k)]; !ok || len(v) != 8 || id != binary.BigEndian.Uint64(v) {
-			add("directory index entry %q belongs to no snapshot", k)
+	_ = t.dirs.ForEach(func(k, _ []byte) error {
+		if len(k) <= 8 {
+			add("directory index entry %q is corrupt", k)
+			return nil
+		}
+		dir, id := string(k[:len(k)-8]), binary.BigEndian.Uint64(k[len(k)-8:])
+		if d, ok := dirOfID[id]; !ok || d != dir {
+			add("directory index entry %q (snapshot id %d) belongs to no snapshot", dir, id)
 		}
 		return nil
 	})

@@ -117,7 +117,7 @@ func checkRecord(ctx context.Context, l layout, s metadata.Snapshot, restoring m
 		add("snapshot %q: %s is a %v, not a directory", s.Key, dir, fi.Mode().Type())
 		return findings
 	}
-	if s.Kind == snapshots.KindActive && !restoring[l.work(s.Dir)] {
+	if s.Kind == snapshots.KindActive && !s.Staged && !restoring[l.work(s.Dir)] {
 		if fi, err := os.Lstat(l.work(s.Dir)); err != nil || !fi.IsDir() {
 			add("active snapshot %q: its work directory %s is missing", s.Key, l.work(s.Dir))
 		}

@@ -43,7 +43,7 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 			for _, p := range chain {
 				d.LowerDirs = append(d.LowerDirs, s.layout.layer(p.Dir))
 			}
-			if rec.Kind == snapshots.KindActive {
+			if rec.Kind == snapshots.KindActive && !rec.Staged {
 				d.WorkDir = s.layout.work(rec.Dir)
 			}
 			if rec.Kind != snapshots.KindCommitted {
@@ -74,7 +74,8 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 type Stats struct {
 	// Snapshots counts snapshots by kind.
 	Snapshots map[snapshots.Kind]int
-	// Bytes and Inodes sum the usage stored for committed layers.
+	// Bytes and Inodes sum the usage stored for committed layers, each
+	// directory once.
 	Bytes, Inodes int64
 }
 
@@ -82,9 +83,14 @@ type Stats struct {
 // index cannot be read.
 func (s *snapshotter) Stats(ctx context.Context) (Stats, error) {
 	st := Stats{Snapshots: map[snapshots.Kind]int{}}
+	counted := map[string]bool{}
 	err := s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
 			st.Snapshots[rec.Kind]++
+			if counted[rec.Dir] {
+				return nil
+			}
+			counted[rec.Dir] = true
 			st.Bytes += rec.Usage.Bytes
 			st.Inodes += rec.Usage.Inodes
 			return nil

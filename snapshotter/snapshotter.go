@@ -281,24 +281,17 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 
 	var ms []mount.Mount
 	err = s.db.Update(func(tx *metadata.Tx) error {
-		// containerd's remote-snapshot protocol: when the layer an
-		// unpacker is about to extract is already here on the same
-		// parent (pulled in another namespace, say), say so and create
-		// nothing; the unpacker then uses the existing snapshot.
-		if ref := info.Labels[snapshots.LabelSnapshotRef]; ref != "" && kind == snapshots.KindActive {
-			existing, found, err := tx.CommittedWithRef(ref, parent)
-			if err != nil {
-				return err
-			}
-			if found {
-				return fmt.Errorf("layer %s is already committed as %q: %w", ref, existing.Key, errdefs.ErrAlreadyExists)
-			}
-		}
-		name, err := newLayerName(tx)
+		n := metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels}
+		layer, staged, err := existingLayer(tx, n)
 		if err != nil {
 			return err
 		}
-		rec, err := tx.Create(metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels, Dir: name})
+		if staged {
+			n.Dir, n.Staged = layer.Dir, true
+		} else if n.Dir, err = newLayerName(tx); err != nil {
+			return err
+		}
+		rec, err := tx.Create(n)
 		if err != nil {
 			return err
 		}
@@ -310,38 +303,48 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if err := mounts.Check(ms); err != nil {
 			return fmt.Errorf("snapshot %q on %q: %w", key, parent, err)
 		}
-
-		td, err := s.layout.tempDir()
-		if err != nil {
-			return fmt.Errorf("create snapshot directory: %w", err)
+		if staged {
+			log.G(ctx).WithField("key", key).WithField("layer", layer.Key).Debug("layer already here; staged for commit without unpacking")
+			return nil
 		}
-		undo = append(undo, func() error { return os.RemoveAll(td) })
-		if err := s.populate(td, chain); err != nil {
-			return err
-		}
-		if kind == snapshots.KindActive {
-			// A leftover of the same name that the index does not own
-			// is garbage of a transaction that never committed.
-			work := s.layout.work(rec.Dir)
-			if err := os.RemoveAll(work); err != nil {
-				return err
-			}
-			if err := os.Mkdir(work, 0o711); err != nil {
-				return fmt.Errorf("create work directory: %w", err)
-			}
-			undo = append(undo, func() error { return os.RemoveAll(work) })
-		}
-		dir := s.layout.layer(rec.Dir)
-		if err := os.Rename(td, dir); err != nil {
-			return fmt.Errorf("move snapshot directory into place: %w", err)
-		}
-		undo = append(undo, func() error { return os.RemoveAll(dir) })
-		return nil
+		return s.makeDirs(rec, chain, &undo)
 	})
 	if err != nil {
 		return nil, resourceKind(err)
 	}
 	return ms, nil
+}
+
+// makeDirs builds rec's directory under a temporary name and renames it
+// into place, with a work directory for an active snapshot; what it made is
+// pushed on undo.
+func (s *snapshotter) makeDirs(rec metadata.Snapshot, chain []metadata.Snapshot, undo *[]func() error) error {
+	td, err := s.layout.tempDir()
+	if err != nil {
+		return fmt.Errorf("create snapshot directory: %w", err)
+	}
+	*undo = append(*undo, func() error { return os.RemoveAll(td) })
+	if err := s.populate(td, chain); err != nil {
+		return err
+	}
+	if rec.Kind == snapshots.KindActive {
+		// A leftover of the same name that the index does not own
+		// is garbage of a transaction that never committed.
+		work := s.layout.work(rec.Dir)
+		if err := os.RemoveAll(work); err != nil {
+			return err
+		}
+		if err := os.Mkdir(work, 0o711); err != nil {
+			return fmt.Errorf("create work directory: %w", err)
+		}
+		*undo = append(*undo, func() error { return os.RemoveAll(work) })
+	}
+	dir := s.layout.layer(rec.Dir)
+	if err := os.Rename(td, dir); err != nil {
+		return fmt.Errorf("move snapshot directory into place: %w", err)
+	}
+	*undo = append(*undo, func() error { return os.RemoveAll(dir) })
+	return nil
 }
 
 // populate prepares a new layer's directory: owned like the parent's root,
@@ -370,7 +373,9 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) [
 		parents[i] = s.layout.layer(p.Dir)
 	}
 	req := mounts.Request{
-		Writable: rec.Kind == snapshots.KindActive,
+		// A staged snapshot is another layer's directory: read-only,
+		// which also tells containerd's unpacker not to apply into it.
+		Writable: rec.Kind == snapshots.KindActive && !rec.Staged,
 		Dir:      s.layout.layer(rec.Dir),
 		WorkDir:  s.layout.work(rec.Dir),
 		Parents:  parents,
@@ -380,24 +385,6 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) [
 		req.EmptyLower = s.layout.empty()
 	}
 	return mounts.For(req)
-}
-
-// labelParentChainID is the label containerd's unpacker puts on the snapshot
-// it extracts every layer but an image's first into: the chain id of the
-// layer below (core/unpack's labelSnapshotParent).
-const labelParentChainID = "containerd.io/snapshot/parent-chain-id"
-
-// extractsUpperLayer reports whether rec is a parentless active snapshot
-// into which containerd's parallel unpack extracts a layer that belongs
-// above another one: such a snapshot must be an overlay (on the empty
-// directory), so the applier keeps the layer's whiteouts for when it is
-// committed onto its parent; see mounts.Request.EmptyLower. An image's first
-// layer (no parent-chain-id label) has nothing below it to hide: like
-// containerd's overlayfs, it gets a bind mount, and the applier drops its
-// whiteouts instead of storing them.
-func extractsUpperLayer(rec metadata.Snapshot) bool {
-	return rec.Kind == snapshots.KindActive && rec.Parent == "" &&
-		rec.Labels[snapshots.LabelSnapshotRef] != "" && rec.Labels[labelParentChainID] != ""
 }
 
 // Commit turns the active snapshot key into the committed snapshot name. Its
@@ -413,7 +400,10 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return err
 	}
-	var rec metadata.Snapshot
+	var (
+		rec    metadata.Snapshot
+		staged metadata.Usage // a staged snapshot's layer's usage
+	)
 	err = s.db.View(func(tx *metadata.Tx) (err error) {
 		if rec, err = tx.Get(key); err != nil {
 			return err
@@ -424,10 +414,20 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if _, err := tx.Get(name); err == nil {
 			return fmt.Errorf("snapshot %q: %w", name, errdefs.ErrAlreadyExists)
 		}
-		return nil
+		if rec.Staged {
+			staged, err = stagedUsage(tx, rec, base.Parent)
+		}
+		return err
 	})
 	if err != nil {
 		return err
+	}
+	if rec.Staged {
+		// Measured and flushed when the layer was first committed.
+		return resourceKind(s.db.Update(func(tx *metadata.Tx) error {
+			_, err := tx.Commit(key, name, rec.ID, staged, base)
+			return err
+		}))
 	}
 	dir := s.layout.layer(rec.Dir)
 	usage, err := diskUsage(ctx, dir)
@@ -479,6 +479,9 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		rec, err := tx.Remove(key)
 		if err != nil {
 			return err
+		}
+		if tx.DirInUse(rec.Dir) {
+			return nil // the layer's directory is also another snapshot's
 		}
 		// The layer, then its work directory (active snapshots only), go
 		// to rm- names, which no new snapshot can be given.

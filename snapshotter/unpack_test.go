@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -212,4 +213,167 @@ func tree(t *testing.T, dir string) string {
 	}
 	sort.Strings(names)
 	return strings.Join(names, " ")
+}
+
+// unpackParallel extracts layers as containerd's parallel unpack does, in
+// namespace ns: the first on no parent, each other without its parent but
+// labelled with the parent's chain id, committed onto the parent. A layer
+// already held is not extracted (AlreadyExists for the first, a staged,
+// read-only snapshot for the others). It returns the committed keys and how
+// many layers were extracted.
+func unpackParallel(t *testing.T, sn *snapshotter, ns string, layers [][]tarEntry) (keys []string, extracted int) {
+	t.Helper()
+	ctx := context.Background()
+	parent := ""
+	for i, l := range layers {
+		chainID := fmt.Sprintf("sha256:chain-%d", i)
+		labels := map[string]string{snapshots.LabelSnapshotRef: chainID}
+		if i > 0 {
+			labels[labelParentChainID] = fmt.Sprintf("sha256:chain-%d", i-1)
+		}
+		key := fmt.Sprintf("%s/extract-%d %s", ns, i, chainID)
+		ms, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(labels))
+		if errdefs.IsAlreadyExists(err) && i == 0 {
+			existing, found, err := findCommitted(sn, chainID, "")
+			if err != nil || !found {
+				t.Fatalf("AlreadyExists for %s, but no committed layer with that label and no parent: %v", chainID, err)
+			}
+			keys, parent = append(keys, existing), existing
+			continue
+		}
+		if err != nil {
+			t.Fatalf("prepare layer %d in %s: %v", i, ns, err)
+		}
+		if len(ms) == 0 || !ms[len(ms)-1].ReadOnly() {
+			applyLayer(t, ms, l)
+			extracted++
+		}
+		name := fmt.Sprintf("%s/%s", ns, chainID)
+		opts := []snapshots.Opt{snapshots.WithLabels(labels)}
+		if i > 0 {
+			opts = append(opts, snapshots.WithParent(parent))
+		}
+		if err := sn.Commit(ctx, name, key, opts...); err != nil {
+			t.Fatalf("commit layer %d in %s: %v", i, ns, err)
+		}
+		keys, parent = append(keys, name), name
+	}
+	return keys, extracted
+}
+
+// findCommitted is what containerd does on AlreadyExists: a Walk for a
+// committed snapshot with the chain id label on the given parent.
+func findCommitted(sn *snapshotter, ref, parent string) (key string, found bool, err error) {
+	filter := fmt.Sprintf(`labels.%q==%s,parent==%q`, snapshots.LabelSnapshotRef, ref, parent)
+	err = sn.Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+		if info.Kind == snapshots.KindCommitted && !found {
+			key, found = info.Name, true
+		}
+		return nil
+	}, filter)
+	return key, found, err
+}
+
+var threeLayers = [][]tarEntry{
+	{{name: "a", body: "1"}, {name: "d/"}, {name: "d/x", body: "x"}},
+	{{name: "b", body: "22"}, {name: "d/.wh.x"}},
+	{{name: "c", body: "333"}, {name: ".wh.a"}},
+}
+
+// TestParallelUnpackOfHeldImage: an image strata holds, unpacked in parallel
+// into a second namespace, is not extracted again: the first layer gets
+// AlreadyExists, the others a staged read-only snapshot committed at once
+// onto its parent. Nothing new is stored, the second namespace's image
+// shows the same files, each copy survives the removal of the other, and
+// fsck finds the store clean.
+func TestParallelUnpackOfHeldImage(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	first, n := unpackParallel(t, sn, "ns1", threeLayers)
+	if n != 3 {
+		t.Fatalf("first pull extracted %d layers, want 3", n)
+	}
+	before := entries(t, root)
+	second, n := unpackParallel(t, sn, "ns2", threeLayers)
+	if n != 0 {
+		t.Fatalf("second pull extracted %d layers, want 0", n)
+	}
+	if after := entries(t, root); after != before {
+		t.Fatalf("second pull stored something: %s -> %s", before, after)
+	}
+	want := "b c d"
+	for _, keys := range [][]string{first, second} {
+		top := keys[len(keys)-1]
+		u1, _ := sn.Usage(ctx, first[len(first)-1])
+		if u, err := sn.Usage(ctx, top); err != nil || u != u1 {
+			t.Errorf("usage of %s: %+v, %v; want the first pull's %+v", top, u, err, u1)
+		}
+		view, err := sn.View(ctx, "view-"+top, top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		withMount(t, view, func(dir string) {
+			if got := tree(t, dir); got != want {
+				t.Errorf("image %s shows %q, want %q", top, got, want)
+			}
+		})
+		if err := sn.Remove(ctx, "view-"+top); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Remove the first namespace's image; the second's still shows.
+	for i := len(first) - 1; i >= 1; i-- {
+		if err := sn.Remove(ctx, first[i]); err != nil {
+			t.Fatalf("remove %s: %v", first[i], err)
+		}
+	}
+	sn.wg.Wait()
+	view, err := sn.View(ctx, "v2", second[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMount(t, view, func(dir string) {
+		if got := tree(t, dir); got != want {
+			t.Errorf("after the first image's removal the second shows %q, want %q", got, want)
+		}
+	})
+	for _, k := range []string{"v2", second[2], second[1], second[0]} {
+		if err := sn.Remove(ctx, k); err != nil {
+			t.Fatalf("remove %s: %v", k, err)
+		}
+	}
+	sn.Close()
+	if got := entries(t, root); got != "" {
+		t.Fatalf("after removing both images the store holds %s", got)
+	}
+}
+
+// TestStagedLayerCommitChecksParent: a staged layer commits only onto a
+// parent holding the layer its label names.
+func TestStagedLayerCommitChecksParent(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	first, _ := unpackParallel(t, sn, "ns1", threeLayers)
+	labels := map[string]string{snapshots.LabelSnapshotRef: "sha256:chain-2", labelParentChainID: "sha256:chain-1"}
+	ms, err := sn.Prepare(ctx, "staged", "", snapshots.WithLabels(labels))
+	if err != nil || len(ms) != 1 || !ms[0].ReadOnly() {
+		t.Fatalf("prepare of a held layer: %+v, %v; want one read-only mount", ms, err)
+	}
+	for _, parent := range []string{"", first[0]} {
+		err := sn.Commit(ctx, "bad", "staged", snapshots.WithLabels(labels), snapshots.WithParent(parent))
+		if !errdefs.IsFailedPrecondition(err) {
+			t.Errorf("commit of a staged layer onto %q: %v, want FailedPrecondition", parent, err)
+		}
+	}
+	if err := sn.Commit(ctx, "good", "staged", snapshots.WithLabels(labels), snapshots.WithParent(first[1])); err != nil {
+		t.Fatal(err)
+	}
+	// A layer stored once for two snapshots, and one staged: a clean store.
+	if _, err := sn.Prepare(ctx, "staged-again", "", snapshots.WithLabels(labels)); err != nil {
+		t.Fatal(err)
+	}
+	sn.Close()
+	if r, err := Fsck(ctx, root, FsckOptions{}); err != nil || len(r.Findings) != 0 {
+		t.Fatalf("fsck of a store with a shared layer directory: %q, %v", r.Findings, err)
+	}
 }
