@@ -64,8 +64,7 @@ const openTimeout = 2 * time.Second
 
 // DB is an open index.
 type DB struct {
-	db      *bolt.DB
-	created bool
+	db *bolt.DB
 }
 
 // Open opens (creating if needed) the index at path and checks its schema.
@@ -73,14 +72,14 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create metadata directory: %w", err)
 	}
-	bdb, created, err := openChecked(ctx, path)
+	bdb, err := openChecked(ctx, path)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("metadata database %s is locked by another process (is another strata running on this root?): %w", path, errdefs.ErrUnavailable)
 		}
 		return nil, fmt.Errorf("metadata database %s: %w", path, err)
 	}
-	return &DB{db: bdb, created: created}, nil
+	return &DB{db: bdb}, nil
 }
 
 // openChecked opens the file with bbolt and checks that it is a whole strata
@@ -90,7 +89,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 // record of its pages says. After such a fault bbolt's mapping of the file
 // stays, and with it bbolt's lock: the process is expected to exit (the
 // daemon and fsck do), and another Open in it finds the file locked.
-func openChecked(ctx context.Context, path string) (_ *bolt.DB, created bool, err error) {
+func openChecked(ctx context.Context, path string) (_ *bolt.DB, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	// The file is kept to close it after a fault inside bolt.Open, which
 	// returns no handle then.
@@ -113,7 +112,7 @@ func openChecked(ctx context.Context, path string) (_ *bolt.DB, created bool, er
 		if !errors.Is(err, bolterrors.ErrTimeout) {
 			err = fmt.Errorf("not a readable bbolt file: %w: %w", err, errdefs.ErrDataLoss)
 		}
-		return nil, false, err
+		return nil, err
 	}
 	err = bdb.Update(func(tx *bolt.Tx) (err error) {
 		if st, err := os.Stat(path); err != nil {
@@ -121,51 +120,48 @@ func openChecked(ctx context.Context, path string) (_ *bolt.DB, created bool, er
 		} else if tx.Size() > st.Size() {
 			return fmt.Errorf("the file is truncated: %d bytes, but its pages reach %d: %w", st.Size(), tx.Size(), errdefs.ErrDataLoss)
 		}
-		created, err = initSchema(ctx, tx)
-		return err
+		return initSchema(ctx, tx)
 	})
 	if err != nil {
 		bdb.Close()
-		return nil, false, err
+		return nil, err
 	}
-	return bdb, created, nil
+	return bdb, nil
 }
 
-// Created reports whether Open found no index and created an empty one.
-func (db *DB) Created() bool { return db.created }
-
-func initSchema(ctx context.Context, tx *bolt.Tx) (created bool, err error) {
+func initSchema(ctx context.Context, tx *bolt.Tx) error {
 	root := tx.Bucket(bucketRoot)
 	if root != nil {
 		v := root.Get(keySchema)
 		if len(v) != 4 {
-			return false, fmt.Errorf("schema version record is corrupt (%d bytes): %w", len(v), errdefs.ErrDataLoss)
+			return fmt.Errorf("schema version record is corrupt (%d bytes): %w", len(v), errdefs.ErrDataLoss)
 		}
 		version := binary.BigEndian.Uint32(v)
 		if version > SchemaVersion {
-			return false, fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d (run that strata, or restore an index this one wrote): %w",
+			return fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d (run that strata, or restore an index this one wrote): %w",
 				version, SchemaVersion, errdefs.ErrFailedPrecondition)
 		}
 		if version < SchemaVersion {
-			return false, migrate(ctx, root, version)
+			return migrate(ctx, root, version)
 		}
-		return false, nil
+		return nil
 	}
 	if k, _ := tx.Cursor().First(); k != nil {
-		return false, fmt.Errorf("the file is a bbolt database, but not strata's index (it holds a bucket %q): %w", k, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("the file is a bbolt database, but not strata's index (it holds a bucket %q): %w", k, errdefs.ErrFailedPrecondition)
 	}
-	if root, err = tx.CreateBucket(bucketRoot); err != nil {
-		return false, err
+	root, err := tx.CreateBucket(bucketRoot)
+	if err != nil {
+		return err
 	}
 	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs} {
 		if _, err := root.CreateBucket(name); err != nil {
-			return false, err
+			return err
 		}
 	}
 	var v [4]byte
 	binary.BigEndian.PutUint32(v[:], SchemaVersion)
 	log.G(ctx).WithField("schema", SchemaVersion).Debug("initialised metadata database")
-	return true, root.Put(keySchema, v[:])
+	return root.Put(keySchema, v[:])
 }
 
 // migrate brings a file of an older schema to the current one, inside the

@@ -479,3 +479,20 @@ func TestCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestForeignBoltFileRefused: a bbolt file that is some other program's
+// database is refused, not given strata's schema beside its data.
+func TestForeignBoltFileRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "other.db")
+	raw, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("theirs")); return err }); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	if _, err := Open(context.Background(), path); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "not strata's index") {
+		t.Fatalf("opening another program's bbolt file: %v, want FailedPrecondition saying it is not strata's index", err)
+	}
+}
