@@ -263,6 +263,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     platform = "linux/amd64"
     snapshotter = "strata"
     differ = "walking"
+
+  # Listing any entry replaces containerd's built-in one for overlayfs,
+  # which the differential tests pull into too.
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = "linux/amd64"
+    snapshotter = "overlayfs"
+    differ = "walking"
 `)
 	}
 	if e.opts.CRI {

@@ -611,12 +611,16 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 			return err
 		}
 		for _, st := range strays {
-			if st.fate == restore {
-				if err := os.Rename(st.path, st.to); err != nil {
-					return fmt.Errorf("put back %s: %w", st.path, err)
-				}
-				log.G(ctx).WithField("path", st.to).Warn("restored directory of a snapshot whose removal did not commit")
+			if st.fate != restore {
+				continue
 			}
+			logger := log.G(ctx).WithField("path", st.to)
+			if err := os.Rename(st.path, st.to); err != nil {
+				// Left in place: it is never garbage while recorded.
+				logger.WithError(err).Error("failed to put back the directory of a snapshot whose removal did not commit")
+				continue
+			}
+			logger.Warn("restored directory of a snapshot whose removal did not commit")
 		}
 		return nil
 	})
