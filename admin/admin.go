@@ -8,7 +8,7 @@
 //	/v1/snapshot?key=KEY       one Snapshot; 404 "no such snapshot: KEY"
 //	/v1/du                     the accounting.Report of the store
 //
-// Try it with: curl --unix-socket /run/strata/admin.sock http://strata/v1/du
+// Try it with: curl --unix-socket /run/strata/strata.admin.sock http://strata/v1/du
 package admin
 
 import (

@@ -67,12 +67,24 @@ type DB struct {
 	db *bolt.DB
 }
 
-// Open opens (creating if needed) the index at path and checks its schema.
+// Open opens (creating if needed) the index at path, checks that all of it
+// reads, and migrates an older schema.
 func Open(ctx context.Context, path string) (*DB, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create metadata directory: %w", err)
 	}
-	bdb, err := openChecked(ctx, path)
+	return open(ctx, path, false)
+}
+
+// OpenReadOnly opens an existing index for reading only, as a check does:
+// it changes nothing, so an index of an older schema is refused rather than
+// migrated.
+func OpenReadOnly(ctx context.Context, path string) (*DB, error) {
+	return open(ctx, path, true)
+}
+
+func open(ctx context.Context, path string, readOnly bool) (*DB, error) {
+	bdb, err := openChecked(ctx, path, readOnly)
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("metadata database %s is locked by another process (is another strata running on this root?): %w", path, errdefs.ErrUnavailable)
@@ -83,13 +95,15 @@ func Open(ctx context.Context, path string) (*DB, error) {
 }
 
 // openChecked opens the file with bbolt and checks that it is a whole strata
-// index. bbolt maps the file into memory, so a truncated file makes a read
-// past its end fault (SIGBUS) instead of returning an error: the fault is
-// turned into an error here, and the file must be as long as bbolt's own
-// record of its pages says. After such a fault bbolt's mapping of the file
-// stays, and with it bbolt's lock: the process is expected to exit (the
-// daemon and fsck do), and another Open in it finds the file locked.
-func openChecked(ctx context.Context, path string) (_ *bolt.DB, err error) {
+// index: as long as bbolt's own record of its pages says, and every bucket
+// and key readable. bbolt maps the file into memory and asserts what it
+// reads, so a damaged file makes it fault (SIGBUS past the end of a
+// truncated file) or panic instead of returning an error: both are turned
+// into errors here, before anything else reads the index. After a fault
+// inside bolt.Open its mapping of the file stays, and with it its lock: the
+// process is expected to exit (the daemon and fsck do), and another Open in
+// it finds the file locked.
+func openChecked(ctx context.Context, path string, readOnly bool) (bdb *bolt.DB, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	// The file is kept to close it after a fault inside bolt.Open, which
 	// returns no handle then.
@@ -101,27 +115,47 @@ func openChecked(ctx context.Context, path string) (_ *bolt.DB, err error) {
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			if file != nil {
+			if bdb != nil {
+				bdb.Close()
+			} else if file != nil {
 				file.Close()
 			}
-			err = fmt.Errorf("the file is damaged (truncated?): reading it faulted (%v): %w", r, errdefs.ErrDataLoss)
+			bdb, err = nil, fmt.Errorf("the file is damaged: reading it failed (%v): %w", r, errdefs.ErrDataLoss)
 		}
 	}()
-	bdb, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout, OpenFile: openFile})
+	bdb, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout, OpenFile: openFile, ReadOnly: readOnly})
 	if err != nil {
 		if !errors.Is(err, bolterrors.ErrTimeout) {
 			err = fmt.Errorf("not a readable bbolt file: %w: %w", err, errdefs.ErrDataLoss)
 		}
 		return nil, err
 	}
-	err = bdb.Update(func(tx *bolt.Tx) (err error) {
-		if st, err := os.Stat(path); err != nil {
+	check := func(tx *bolt.Tx) error {
+		if err := checkWhole(tx, path); err != nil {
 			return err
-		} else if tx.Size() > st.Size() {
-			return fmt.Errorf("the file is truncated: %d bytes, but its pages reach %d: %w", st.Size(), tx.Size(), errdefs.ErrDataLoss)
 		}
-		return initSchema(ctx, tx)
-	})
+		version, err := schemaOf(tx)
+		switch {
+		case err != nil:
+			return err
+		case version == SchemaVersion:
+			return nil
+		case readOnly && version == 0:
+			return fmt.Errorf("the file holds no schema yet (strata writes it when it starts): %w", errdefs.ErrFailedPrecondition)
+		case readOnly:
+			return fmt.Errorf("schema version %d is older than this strata's %d; the daemon migrates it when it starts (or fsck --repair does): %w",
+				version, SchemaVersion, errdefs.ErrFailedPrecondition)
+		case version == 0:
+			return createSchema(ctx, tx)
+		default:
+			return migrate(ctx, tx.Bucket(bucketRoot), version)
+		}
+	}
+	if readOnly {
+		err = bdb.View(check)
+	} else {
+		err = bdb.Update(check)
+	}
 	if err != nil {
 		bdb.Close()
 		return nil, err
@@ -129,26 +163,53 @@ func openChecked(ctx context.Context, path string) (_ *bolt.DB, err error) {
 	return bdb, nil
 }
 
-func initSchema(ctx context.Context, tx *bolt.Tx) error {
+// checkWhole checks that the file is as long as its pages reach and reads
+// every bucket and key, so that damage shows here, where it is recovered.
+func checkWhole(tx *bolt.Tx, path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if tx.Size() > st.Size() {
+		return fmt.Errorf("the file is truncated: %d bytes, but its pages reach %d: %w", st.Size(), tx.Size(), errdefs.ErrDataLoss)
+	}
+	var walk func(b *bolt.Bucket) error
+	walk = func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v == nil {
+				if nested := b.Bucket(k); nested != nil {
+					return walk(nested)
+				}
+			}
+			return nil
+		})
+	}
+	return tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return walk(b) })
+}
+
+// schemaOf returns the schema version the file records, or 0 for a file
+// with no buckets at all (new).
+func schemaOf(tx *bolt.Tx) (uint32, error) {
 	root := tx.Bucket(bucketRoot)
-	if root != nil {
-		v := root.Get(keySchema)
-		if len(v) != 4 {
-			return fmt.Errorf("schema version record is corrupt (%d bytes): %w", len(v), errdefs.ErrDataLoss)
+	if root == nil {
+		if k, _ := tx.Cursor().First(); k != nil {
+			return 0, fmt.Errorf("the file is a bbolt database, but not strata's index (it holds a bucket %q): %w", k, errdefs.ErrDataLoss)
 		}
-		version := binary.BigEndian.Uint32(v)
-		if version > SchemaVersion {
-			return fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d (run that strata, or restore an index this one wrote): %w",
-				version, SchemaVersion, errdefs.ErrFailedPrecondition)
-		}
-		if version < SchemaVersion {
-			return migrate(ctx, root, version)
-		}
-		return nil
+		return 0, nil
 	}
-	if k, _ := tx.Cursor().First(); k != nil {
-		return fmt.Errorf("the file is a bbolt database, but not strata's index (it holds a bucket %q): %w", k, errdefs.ErrFailedPrecondition)
+	v := root.Get(keySchema)
+	if len(v) != 4 {
+		return 0, fmt.Errorf("schema version record is corrupt (%d bytes): %w", len(v), errdefs.ErrDataLoss)
 	}
+	version := binary.BigEndian.Uint32(v)
+	if version > SchemaVersion {
+		return 0, fmt.Errorf("schema version %d was written by a newer strata; this one understands up to %d (run that strata, or restore an index this one wrote): %w",
+			version, SchemaVersion, errdefs.ErrFailedPrecondition)
+	}
+	return version, nil
+}
+
+func createSchema(ctx context.Context, tx *bolt.Tx) error {
 	root, err := tx.CreateBucket(bucketRoot)
 	if err != nil {
 		return err
@@ -167,23 +228,24 @@ func initSchema(ctx context.Context, tx *bolt.Tx) error {
 // migrate brings a file of an older schema to the current one, inside the
 // transaction that opens it.
 func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
-	if from == 1 {
-		// dirs/<dir> -> id becomes dirs/<dir><id>.
-		dirs := root.Bucket(bucketDirs)
-		old := map[string][]byte{}
-		if err := dirs.ForEach(func(k, v []byte) error { old[string(k)] = append([]byte(nil), v...); return nil }); err != nil {
+	if from != 1 {
+		return fmt.Errorf("schema version %d is not one strata ever wrote: %w", from, errdefs.ErrDataLoss)
+	}
+	// Version 1 to 2: dirs/<dir> -> id becomes dirs/<dir><id>.
+	dirs := root.Bucket(bucketDirs)
+	old := map[string][]byte{}
+	if err := dirs.ForEach(func(k, v []byte) error { old[string(k)] = append([]byte(nil), v...); return nil }); err != nil {
+		return err
+	}
+	for k, v := range old {
+		if len(v) != 8 {
+			return fmt.Errorf("migrate schema 1: directory entry %q is corrupt: %w", k, errdefs.ErrDataLoss)
+		}
+		if err := dirs.Delete([]byte(k)); err != nil {
 			return err
 		}
-		for k, v := range old {
-			if len(v) != 8 {
-				return fmt.Errorf("migrate schema 1: directory entry %q is corrupt: %w", k, errdefs.ErrDataLoss)
-			}
-			if err := dirs.Delete([]byte(k)); err != nil {
-				return err
-			}
-			if err := dirs.Put(append([]byte(k), v...), nil); err != nil {
-				return err
-			}
+		if err := dirs.Put(append([]byte(k), v...), nil); err != nil {
+			return err
 		}
 	}
 	var v [4]byte

@@ -142,6 +142,10 @@ func TestMigrateSchema1(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A check changes nothing: it refuses to read the old schema.
+	if _, err := OpenReadOnly(context.Background(), path); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "migrates") {
+		t.Fatalf("read-only open of schema 1: %v, want FailedPrecondition saying the daemon migrates it", err)
+	}
 	db, err = Open(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
@@ -492,7 +496,7 @@ func TestForeignBoltFileRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw.Close()
-	if _, err := Open(context.Background(), path); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "not strata's index") {
-		t.Fatalf("opening another program's bbolt file: %v, want FailedPrecondition saying it is not strata's index", err)
+	if _, err := Open(context.Background(), path); !errdefs.IsDataLoss(err) || !strings.Contains(err.Error(), "not strata's index") {
+		t.Fatalf("opening another program's bbolt file: %v, want DataLoss saying it is not strata's index", err)
 	}
 }

@@ -585,8 +585,10 @@ func (t *Tx) Check() []string {
 		if t.dirs.Get(dirKey(s.Dir, s.ID)) == nil {
 			add("snapshot %q has directory %q, which the directory index does not give to it", key, s.Dir)
 		}
-		if s.Staged && (s.Kind != snapshots.KindActive || !t.dirCommitted(s.Dir)) {
-			add("%v snapshot %q is marked staged, but is not active on a committed layer's directory", s.Kind, key)
+		// A staged snapshot may outlive the committed layer it was
+		// staged on; it then holds the directory alone.
+		if s.Staged && s.Kind != snapshots.KindActive {
+			add("%v snapshot %q is marked staged, which only an active snapshot may be", s.Kind, key)
 		}
 		if !s.Staged && s.Kind != snapshots.KindCommitted && len(t.DirUsers(s.Dir)) > 1 {
 			add("%v snapshot %q shares its directory %q with another snapshot", s.Kind, key, s.Dir)

@@ -27,9 +27,9 @@ type FsckOptions struct {
 	// (see ownership.go). A snapshot whose files are missing or changed is
 	// reported, never deleted.
 	Repair bool
-	// DiscardUnindexed deletes every layer of a store whose index is
-	// missing or empty, the state in which strata refuses to start. It is
-	// refused for a store that has an index.
+	// DiscardUnindexed deletes the layers no index records: every layer of
+	// a store whose index is missing or empty (the state in which strata
+	// refuses to start), or the unindexed layers of one with an index.
 	DiscardUnindexed bool
 }
 
@@ -43,6 +43,11 @@ func Fsck(ctx context.Context, root string, opts FsckOptions) (FsckReport, error
 		return FsckReport{}, fmt.Errorf("root: %w", err)
 	}
 	l := layout{root: root}
+	lock, err := l.lockRoot()
+	if err != nil {
+		return FsckReport{}, err
+	}
+	defer lock.Close()
 	if opts.DiscardUnindexed {
 		return discardUnindexed(ctx, l)
 	}
@@ -52,31 +57,50 @@ func Fsck(ctx context.Context, root string, opts FsckOptions) (FsckReport, error
 	if !exists(l.dbPath()) {
 		return FsckReport{}, fmt.Errorf("no index at %s: %w", l.dbPath(), errdefs.ErrNotFound)
 	}
-	db, err := metadata.Open(ctx, l.dbPath())
+	open := metadata.OpenReadOnly
+	if opts.Repair {
+		open = metadata.Open // migrates an older schema, as the daemon would
+	}
+	db, err := open(ctx, l.dbPath())
 	if err != nil {
-		return FsckReport{}, err
+		return FsckReport{}, l.withIndexRemedy(err)
 	}
 	defer db.Close()
 
+	var r FsckReport
+	findings, strays, err := check(ctx, l, db)
+	if err != nil || !opts.Repair {
+		r.Findings = findings
+		return r, err
+	}
+	r.repair(ctx, strays)
+	// What is left is what repair cannot fix.
+	r.Findings, _, err = check(ctx, l, db)
+	return r, err
+}
+
+// check compares the index with itself and with the disk, and surveys the
+// root.
+func check(ctx context.Context, l layout, db *metadata.DB) (findings []string, strays []stray, err error) {
 	var (
-		r        FsckReport
 		recs     []metadata.Snapshot
 		recorded map[string]bool
 	)
-	err = db.View(func(tx *metadata.Tx) error {
-		r.Findings = append(r.Findings, tx.Check()...)
-		recorded = recordedDirs(tx)
+	err = db.View(func(tx *metadata.Tx) (err error) {
+		findings = append(findings, tx.Check()...)
+		if recorded, err = recordedDirs(tx); err != nil {
+			return err
+		}
 		return tx.Walk(func(s metadata.Snapshot) error {
 			recs = append(recs, s)
 			return nil
 		})
 	})
 	if err != nil {
-		return r, err
+		return nil, nil, err
 	}
-	strays, err := l.survey(recorded, func(string) bool { return false })
-	if err != nil {
-		return r, err
+	if strays, err = l.survey(recorded, func(string) bool { return false }); err != nil {
+		return nil, nil, err
 	}
 	restoring := map[string]bool{}
 	for _, st := range strays {
@@ -85,15 +109,12 @@ func Fsck(ctx context.Context, root string, opts FsckOptions) (FsckReport, error
 		}
 	}
 	for _, s := range recs {
-		r.Findings = append(r.Findings, checkRecord(ctx, l, s, restoring)...)
+		findings = append(findings, checkRecord(ctx, l, s, restoring)...)
 	}
 	for _, st := range strays {
-		r.Findings = append(r.Findings, st.String())
+		findings = append(findings, st.String())
 	}
-	if opts.Repair {
-		r.repair(ctx, strays)
-	}
-	return r, nil
+	return findings, strays, nil
 }
 
 // checkRecord compares one snapshot with its directories. A layer directory
@@ -154,23 +175,47 @@ func (r *FsckReport) repair(ctx context.Context, strays []stray) {
 	}
 }
 
-// discardUnindexed deletes the layers of a store whose index is missing or
-// empty, and the empty index, so that the next start begins an empty store.
-// With no index nothing is recorded, so ownership.go finds every layer
-// garbage; what is not strata's stays.
+// discardUnindexed deletes the layers no index records. With the index
+// missing or empty (the state in which strata refuses to start) that is
+// every layer, and the empty index goes too, so that the next start begins
+// an empty store. With an index, it is the unindexed layers ownership.go
+// keeps (an older copy of the index was put back, say). What is not
+// strata's stays.
 func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
-	if fi, err := os.Stat(l.dbPath()); err == nil && fi.Size() > 0 {
-		return FsckReport{}, fmt.Errorf("--discard-unindexed is only for a store whose index is missing or empty, and %s holds an index; run fsck without it: %w",
-			l.dbPath(), errdefs.ErrFailedPrecondition)
+	recorded := map[string]bool{}
+	fi, err := os.Stat(l.dbPath())
+	indexed := err == nil && fi.Size() > 0
+	if indexed {
+		db, err := metadata.OpenReadOnly(ctx, l.dbPath())
+		if err != nil {
+			return FsckReport{}, l.withIndexRemedy(err)
+		}
+		err = db.View(func(tx *metadata.Tx) (err error) {
+			recorded, err = recordedDirs(tx)
+			return err
+		})
+		db.Close()
+		if err != nil {
+			return FsckReport{}, err
+		}
 	}
-	strays, err := l.survey(map[string]bool{}, func(string) bool { return false })
+	strays, err := l.survey(recorded, func(string) bool { return false })
 	if err != nil {
 		return FsckReport{}, err
 	}
 	var r FsckReport
-	r.repair(ctx, strays)
-	if err := os.Remove(l.dbPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return r, fmt.Errorf("remove the empty index: %w", err)
+	for _, st := range strays {
+		if st.fate == unindexed || (!indexed && st.fate == garbage) {
+			deleteDir(ctx, st.path)
+			if !exists(st.path) {
+				r.Removed = append(r.Removed, st.path)
+			}
+		}
+	}
+	if !indexed {
+		if err := os.Remove(l.dbPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return r, fmt.Errorf("remove the empty index: %w", err)
+		}
 	}
 	return r, nil
 }

@@ -87,7 +87,7 @@ func (s *snapshotter) Stats(ctx context.Context) (Stats, error) {
 	err := s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
 			st.Snapshots[rec.Kind]++
-			if counted[rec.Dir] {
+			if rec.Kind != snapshots.KindCommitted || counted[rec.Dir] {
 				return nil
 			}
 			counted[rec.Dir] = true

@@ -2,10 +2,14 @@ package snapshotter
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/metadata"
 )
@@ -101,4 +105,24 @@ func newLayerName(tx *metadata.Tx) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("no free layer directory name after 16 tries")
+}
+
+// lockRoot takes an exclusive lock on the root directory, held while a
+// daemon serves the store or fsck works on it, so that neither acts on a
+// store the other is using, whatever state the index is in (bbolt's own
+// lock is on the index file, which may be missing). Closing the file
+// releases it.
+func (l layout) lockRoot() (*os.File, error) {
+	f, err := os.Open(l.root)
+	if err != nil {
+		return nil, fmt.Errorf("open root to lock it: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s is locked by another strata process (a running daemon, or fsck): %w", l.root, errdefs.ErrUnavailable)
+		}
+		return nil, fmt.Errorf("lock %s: %w", l.root, err)
+	}
+	return f, nil
 }

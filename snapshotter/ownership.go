@@ -15,17 +15,25 @@ import (
 // here and only here: start-up, Cleanup and fsck all act on what survey
 // returns, so they can never disagree. The rules:
 //
-//   - metadata.db, layers/, work/ and empty/ are the layout itself;
+//   - metadata.db, layers/, work/, empty/ (and lost+found, when the root is
+//     a filesystem of its own) are the layout itself;
 //   - layers/NAME and work/NAME belong to the snapshot recorded with
-//     directory NAME;
+//     directory NAME (by the directory index or by the record itself);
 //   - layers/rm-NAME and work/rm-NAME are directories a Remove moved aside.
 //     If NAME is still recorded and its directory is missing, the Remove did
 //     not commit (a crash, or a failed transaction not yet rolled back): the
 //     directory is put back. Otherwise the removal committed: garbage;
-//   - layers/NAME and work/NAME of a name no snapshot has, layers/tmp-*, and
-//     probe-* at the root were made by a transaction that never committed,
-//     or by a start-up probe cut off by a crash: garbage;
-//   - any other name is not one strata makes: it is reported, never deleted.
+//   - an empty layers/NAME of a name no snapshot has was made by a Prepare
+//     whose transaction never committed (a layer is written only after its
+//     Prepare commits): garbage, and so is its work/NAME;
+//   - a layers/NAME with files in it that no snapshot has cannot come from a
+//     crash: the index is stale (an older copy put back) or damaged. It is
+//     "unindexed": kept, with its work/NAME, and reported, until an operator
+//     runs fsck --discard-unindexed;
+//   - layers/tmp-* and probe-* at the root were made by a Prepare or a
+//     start-up probe cut off by a crash: garbage;
+//   - anything else, and anything of the names above that is not a
+//     directory, is not strata's: reported, never deleted.
 //
 // Garbage is deleted by Cleanup, at start and by fsck --repair; restoring
 // happens at start, in Cleanup and by fsck --repair.
@@ -34,9 +42,10 @@ import (
 type fate int
 
 const (
-	garbage fate = iota // made by strata, owned by nothing: may be deleted
-	restore             // a recorded snapshot's directory moved aside: put back
-	foreign             // not a name strata makes: left alone
+	garbage   fate = iota // made by strata, owned by nothing: may be deleted
+	restore               // a recorded snapshot's directory moved aside: put back
+	unindexed             // a layer with files the index does not record: kept
+	foreign               // not a name strata makes: left alone
 )
 
 // stray is an entry under the root that no snapshot owns as it stands.
@@ -52,11 +61,13 @@ type stray struct {
 func (s stray) String() string {
 	switch s.fate {
 	case restore:
-		return fmt.Sprintf("%s is the directory of a recorded snapshot, moved aside by a removal that did not commit (%s); it goes back to %s", s.path, s.why, s.to)
+		return fmt.Sprintf("%s is the directory of a recorded snapshot, moved aside by a removal that did not commit (%s); start-up and fsck --repair put it back to %s", s.path, s.why, s.to)
+	case unindexed:
+		return fmt.Sprintf("%s holds a layer the index does not record (%s); it is kept until you put back the index that records it, or discard it with fsck --discard-unindexed", s.path, s.why)
 	case foreign:
 		return fmt.Sprintf("%s is not a name strata makes (%s); it is left alone", s.path, s.why)
 	default:
-		return fmt.Sprintf("%s belongs to no snapshot (%s)", s.path, s.why)
+		return fmt.Sprintf("%s belongs to no snapshot (%s); start-up, Cleanup and fsck --repair delete it", s.path, s.why)
 	}
 }
 
@@ -79,20 +90,24 @@ func (l layout) survey(recorded map[string]bool, busy func(string) bool) ([]stra
 		p := filepath.Join(l.root, e.Name())
 		switch name := e.Name(); {
 		case name == dbFile || name == layersDir || name == workDir || name == emptyDir:
-		case name == "lost+found" && e.IsDir(): // a root that is a filesystem of its own
+		case name == "lost+found" && e.IsDir():
 		case strings.HasPrefix(name, probePrefix) && e.IsDir():
 			add(stray{path: p, fate: garbage, why: "a start-up probe cut off by a crash"})
 		default:
 			add(stray{path: p, fate: foreign, why: "unknown entry in the root"})
 		}
 	}
+	kept := map[string]bool{} // unindexed layers, whose work directories stay too
 	for _, dir := range []string{l.layersRoot(), l.workRoot()} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range entries {
-			if s, ok := l.judge(dir, e.Name(), recorded); ok {
+			if s, ok := l.judge(dir, e, recorded, kept); ok {
+				if s.fate == unindexed {
+					kept[e.Name()] = true
+				}
 				add(s)
 			}
 		}
@@ -101,21 +116,30 @@ func (l layout) survey(recorded map[string]bool, busy func(string) bool) ([]stra
 	return strays, nil
 }
 
-// judge decides the fate of name in dir (layers/ or work/); ok is false when
-// a recorded snapshot owns it.
-func (l layout) judge(dir, name string, recorded map[string]bool) (s stray, ok bool) {
+// judge decides the fate of entry e of dir (layers/, then work/); ok is
+// false when a recorded snapshot owns it. kept names the unindexed layers
+// found so far.
+func (l layout) judge(dir string, e os.DirEntry, recorded, kept map[string]bool) (s stray, ok bool) {
+	name := e.Name()
 	p := filepath.Join(dir, name)
 	moved, isMoved := strings.CutPrefix(name, removePrefix)
+	inLayers := dir == l.layersRoot()
 	switch {
+	case !e.IsDir():
+		return stray{path: p, fate: foreign, why: "not a directory"}, true
 	case isLayerName(name) && recorded[name]:
 		return stray{}, false
+	case isLayerName(name) && inLayers && !isEmptyDir(p):
+		return stray{path: p, fate: unindexed, why: "stale or damaged index"}, true
+	case isLayerName(name) && kept[name]:
+		return stray{path: p, fate: unindexed, why: "work directory of a layer the index does not record"}, true
 	case isLayerName(name):
-		return stray{path: p, fate: garbage, why: "made by a snapshot transaction that did not commit"}, true
+		return stray{path: p, fate: garbage, why: "made by a Prepare whose transaction did not commit"}, true
 	case isMoved && isLayerName(moved) && recorded[moved] && !exists(filepath.Join(dir, moved)):
 		return stray{path: p, fate: restore, to: filepath.Join(dir, moved), why: "interrupted Remove"}, true
 	case isMoved && isLayerName(moved):
 		return stray{path: p, fate: garbage, why: "a removed snapshot's directory awaiting deletion"}, true
-	case dir == l.layersRoot() && strings.HasPrefix(name, tempPrefix):
+	case inLayers && strings.HasPrefix(name, tempPrefix):
 		return stray{path: p, fate: garbage, why: "a layer being built when its transaction did not commit"}, true
 	default:
 		return stray{path: p, fate: foreign, why: "unknown entry in " + filepath.Base(dir) + "/"}, true
@@ -125,6 +149,19 @@ func (l layout) judge(dir, name string, recorded map[string]bool) (s stray, ok b
 func exists(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
+}
+
+// isEmptyDir reports whether p is a directory with nothing in it; an
+// unreadable directory counts as not empty, so it is never taken for
+// garbage.
+func isEmptyDir(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	return len(names) == 0 && err != nil
 }
 
 // unindexedLayers counts the layer directories under layers/ (recorded-looking
@@ -141,7 +178,7 @@ func (l layout) unindexedLayers() (int, error) {
 	n := 0
 	for _, e := range entries {
 		moved, isMoved := strings.CutPrefix(e.Name(), removePrefix)
-		if isLayerName(e.Name()) || (isMoved && isLayerName(moved)) {
+		if e.IsDir() && (isLayerName(e.Name()) || (isMoved && isLayerName(moved))) {
 			n++
 		}
 	}
@@ -166,7 +203,17 @@ func (l layout) checkIndexPresent() error {
 		return err
 	}
 	return fmt.Errorf("the index %s is missing or empty, but %s holds %d layer directories; strata will not treat them as garbage. "+
-		"Put a copy of the index back at %s and start again, or discard every layer (containerd must then pull its images again) "+
-		"with: strata-snapshotter fsck --root %s --discard-unindexed: %w",
+		"Put a copy of the index back at %s and start again, or discard every layer "+
+		"with: strata-snapshotter fsck --root %s --discard-unindexed (then remove and pull again the images containerd had on strata): %w",
 		l.dbPath(), l.layersRoot(), n, l.dbPath(), l.root, errdefs.ErrFailedPrecondition)
+}
+
+// withIndexRemedy adds to an error opening a damaged index (DataLoss: not
+// bbolt, truncated, unreadable, another program's) what the operator does.
+func (l layout) withIndexRemedy(err error) error {
+	if !errdefs.IsDataLoss(err) {
+		return err
+	}
+	return fmt.Errorf("%w. Move %s aside (keep it), then put a good copy of the index back, or discard every layer with: strata-snapshotter fsck --root %s --discard-unindexed",
+		err, l.dbPath(), l.root)
 }

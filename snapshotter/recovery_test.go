@@ -214,13 +214,13 @@ func TestIndexLostOrEmpty(t *testing.T) {
 			if err != nil {
 				t.Fatalf("start after discard: %v", err)
 			}
-			defer sn.Close()
 			if got := entries(t, st.root); got != "" {
 				t.Fatalf("after discard the store holds %s", got)
 			}
-			if _, err := Fsck(context.Background(), st.root, FsckOptions{DiscardUnindexed: true}); !errdefs.IsFailedPrecondition(err) {
-				t.Fatalf("discard with an index present: %v, want FailedPrecondition", err)
+			if _, err := Fsck(context.Background(), st.root, FsckOptions{DiscardUnindexed: true}); !errdefs.IsUnavailable(err) {
+				t.Fatalf("discard while the daemon runs: %v, want Unavailable", err)
 			}
+			sn.Close()
 		})
 	}
 }
@@ -290,17 +290,22 @@ func TestInterruptedOperations(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// A Prepare that did not commit: its (empty) layer and its
+			// work directory.
+			if err := os.Mkdir(st.path(layersDir, "QQQQQQ"), 0o755); err != nil {
+				t.Fatal(err)
+			}
 			garbage := []string{
+				st.path(layersDir, "QQQQQQ"),
+				st.path(workDir, "QQQQQQ"),
 				st.path(layersDir, tempPrefix+"123"),            // a layer being built
-				st.path(layersDir, "QQQQQQ"),                    // a Prepare that did not commit
-				st.path(workDir, "QQQQQQ"),                      // its work directory
 				st.path(layersDir, removePrefix+"ZZZZZZ"),       // a committed removal
 				st.path(workDir, removePrefix+"ZZZZZZ"),         // its work directory
 				st.path(probePrefix + "42"),                     // a start-up probe
 				st.path(layersDir, removePrefix+st.dirs["top"]), // a committed removal of a name since reused
 			}
 			foreign := []string{st.path("backup"), st.path(layersDir, "backup.tar"), st.path(workDir, "notes")}
-			for _, d := range append(garbage, foreign...) {
+			for _, d := range append(garbage[1:], foreign...) {
 				if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
 					t.Fatal(err)
 				}
@@ -329,7 +334,7 @@ func TestInterruptedOperations(t *testing.T) {
 				}
 			}
 			for _, d := range foreign {
-				if !exists(filepath.Join(d, "sub")) {
+				if !exists(d) {
 					t.Errorf("%s, which strata did not make, was deleted", d)
 				}
 			}
@@ -341,4 +346,65 @@ func TestInterruptedOperations(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStaleIndexKeepsLayers: an older copy of the index put back (as the
+// recovery table says) and a damaged directory index entry: layers the
+// index does not record, or records only in the snapshot's own record, are
+// never deleted by start-up or fsck --repair; unindexed ones go only with
+// fsck --discard-unindexed.
+func TestStaleIndexKeepsLayers(t *testing.T) {
+	st := newStore(t)
+	old, err := os.ReadFile(st.path(dbFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := New(context.Background(), st.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commitLayer(t, sn, "newer", "top", map[string]string{"n": "newer"})
+	newer, err := sn.(*snapshotter).get("newer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.Close()
+	newerDir := st.path(layersDir, newer.Dir)
+	if err := os.WriteFile(st.path(dbFile), old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// And the directory index loses the bottom layer's entry.
+	db, err := bolt.Open(st.path(dbFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		dirs := tx.Bucket([]byte("strata")).Bucket([]byte("dirs"))
+		c := dirs.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if strings.HasPrefix(string(k), st.dirs["base"]) {
+				return dirs.Delete(k)
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	st.checkIntact(t)
+	fsckSays(t, st.root, FsckOptions{Repair: true}, newerDir+" holds a layer the index does not record")
+	st.checkIntact(t)
+	if !exists(filepath.Join(newerDir, "n")) {
+		t.Fatalf("the layer the older index does not record was deleted")
+	}
+	r, err := Fsck(context.Background(), st.root, FsckOptions{DiscardUnindexed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Removed) != 2 || r.Removed[0] != newerDir {
+		t.Fatalf("discard removed %v, want %s and its work directory", r.Removed, newerDir)
+	}
+	st.checkIntact(t)
 }

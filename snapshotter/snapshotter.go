@@ -10,8 +10,12 @@
 //   - Remove renames the directory out of the way inside the transaction that
 //     forgets the snapshot and deletes it afterwards; a directory that is, or
 //     holds, a mount point is never deleted;
-//   - anything on disk the index does not own is garbage, removed by Cleanup
-//     and at start.
+//   - a layer's directory is deleted only with the last snapshot that has it
+//     (two may share one: see unpack.go);
+//   - what under the root belongs to whom, and what may be deleted, is
+//     decided in ownership.go alone, for start-up, Cleanup and fsck; nothing
+//     the index records, or may have recorded, is deleted without an
+//     operator's explicit command.
 package snapshotter
 
 import (
@@ -71,6 +75,7 @@ func WithMountOptions(options []string) Opt {
 
 type snapshotter struct {
 	layout     layout
+	lock       *os.File // the root's lock, held until Close
 	db         *metadata.DB
 	syncRemove bool
 	commitSync bool
@@ -84,9 +89,11 @@ type snapshotter struct {
 
 // New opens (creating if needed) a snapshotter rooted at root, which must be
 // an absolute path on a filesystem that can hold overlay upper directories.
-// Before returning it reconciles the index with the disk: leftovers of
-// interrupted operations are removed and snapshots whose directory is missing
-// are logged.
+// It locks the root, and refuses a store whose index is missing, empty or
+// damaged while layers exist. Before returning it reconciles the index with
+// the disk (ownership.go): directories of interrupted removals are put back,
+// leftovers of interrupted operations removed, and snapshots whose directory
+// is missing, unindexed layers and entries strata did not make are logged.
 func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err error) {
 	var c config
 	for _, o := range opts {
@@ -113,6 +120,15 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		}
 	}
 	l := layout{root: root}
+	lock, err := l.lockRoot()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
 	if err := l.init(); err != nil {
 		return nil, fmt.Errorf("create layout under %s: %w", root, err)
 	}
@@ -133,10 +149,11 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 	}
 	db, err := metadata.Open(ctx, l.dbPath())
 	if err != nil {
-		return nil, err
+		return nil, l.withIndexRemedy(err)
 	}
 	s := &snapshotter{
 		layout:     l,
+		lock:       lock,
 		db:         db,
 		syncRemove: c.syncRemove,
 		commitSync: !c.noCommitSync,
@@ -400,10 +417,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return err
 	}
-	var (
-		rec    metadata.Snapshot
-		staged metadata.Usage // a staged snapshot's layer's usage
-	)
+	var rec metadata.Snapshot
 	err = s.db.View(func(tx *metadata.Tx) (err error) {
 		if rec, err = tx.Get(key); err != nil {
 			return err
@@ -414,18 +428,18 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if _, err := tx.Get(name); err == nil {
 			return fmt.Errorf("snapshot %q: %w", name, errdefs.ErrAlreadyExists)
 		}
-		if rec.Staged {
-			staged, err = stagedUsage(tx, rec, base.Parent)
-		}
-		return err
+		return nil
 	})
 	if err != nil {
 		return err
 	}
 	if rec.Staged {
-		// Measured and flushed when the layer was first committed.
 		return resourceKind(s.db.Update(func(tx *metadata.Tx) error {
-			_, err := tx.Commit(key, name, rec.ID, staged, base)
+			usage, err := s.stagedUsage(ctx, tx, rec, base.Parent)
+			if err != nil {
+				return err
+			}
+			_, err = tx.Commit(key, name, rec.ID, usage, base)
 			return err
 		}))
 	}
@@ -606,8 +620,12 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 // the survey.
 func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 	var strays []stray
-	err := s.db.Update(func(tx *metadata.Tx) (err error) {
-		if strays, err = s.layout.survey(recordedDirs(tx), s.beingDeleted); err != nil {
+	err := s.db.Update(func(tx *metadata.Tx) error {
+		recorded, err := recordedDirs(tx)
+		if err != nil {
+			return err
+		}
+		if strays, err = s.layout.survey(recorded, s.beingDeleted); err != nil {
 			return err
 		}
 		for _, st := range strays {
@@ -629,20 +647,26 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 	}
 	for _, st := range strays {
 		if st.fate == garbage {
-			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Debug("deleting directory no snapshot owns")
+			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Info("deleting directory no snapshot owns")
 			s.deleteNow(ctx, st.path)
 		}
 	}
 	return strays, nil
 }
 
-// recordedDirs is the set of directory names the index gives to snapshots.
-func recordedDirs(tx *metadata.Tx) map[string]bool {
+// recordedDirs is the set of directory names the index gives to snapshots:
+// by its directory index and by the records themselves, so that a damaged
+// index entry never makes a snapshot's directory look unowned.
+func recordedDirs(tx *metadata.Tx) (map[string]bool, error) {
 	names := map[string]bool{}
 	for name := range tx.Dirs() {
 		names[name] = true
 	}
-	return names
+	err := tx.Walk(func(rec metadata.Snapshot) error {
+		names[rec.Dir] = true
+		return nil
+	})
+	return names, err
 }
 
 // beingDeleted reports whether a background deletion is working on path.
@@ -660,8 +684,11 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 		return fmt.Errorf("reconcile index with disk: %w", err)
 	}
 	for _, st := range strays {
-		if st.fate == foreign {
+		switch st.fate {
+		case foreign:
 			log.G(ctx).WithField("path", st.path).Warn("entry under strata's root is not one strata makes; leaving it alone")
+		case unindexed:
+			log.G(ctx).WithField("path", st.path).Warn("layer directory with files that the index does not record (an older or damaged index?); keeping it: put back the index that records it, or run strata-snapshotter fsck --discard-unindexed")
 		}
 	}
 	return s.db.View(func(tx *metadata.Tx) error {
@@ -703,5 +730,7 @@ func (s *snapshotter) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	s.wg.Wait()
-	return s.db.Close()
+	err := s.db.Close()
+	s.lock.Close()
+	return err
 }

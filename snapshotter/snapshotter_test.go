@@ -200,7 +200,7 @@ func TestCleanupAndStartRemoveLeftovers(t *testing.T) {
 	owned := entries(t, root)
 
 	plant := func() {
-		for _, d := range []string{"layers/tmp-123", "layers/rm-ABCDEF", "layers/QQQQQQ/sub", "work/QQQQQQ/work"} {
+		for _, d := range []string{"layers/tmp-123", "layers/rm-ABCDEF", "layers/QQQQQQ", "work/QQQQQQ/work"} {
 			if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 				t.Fatal(err)
 			}

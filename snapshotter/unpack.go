@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -69,8 +70,9 @@ func existingLayer(tx *metadata.Tx, n metadata.NewSnapshot) (layer metadata.Snap
 // stagedUsage checks that the staged snapshot rec is being committed onto a
 // parent that holds the layer its label names, so that its directory is
 // stacked on the same content as it was first committed on, and returns the
-// usage stored for that directory then.
-func stagedUsage(tx *metadata.Tx, rec metadata.Snapshot, parent string) (metadata.Usage, error) {
+// layer's usage: stored when it was first committed (and flushed then), or,
+// if that snapshot has been removed since, measured now.
+func (s *snapshotter) stagedUsage(ctx context.Context, tx *metadata.Tx, rec metadata.Snapshot, parent string) (metadata.Usage, error) {
 	want := rec.Labels[labelParentChainID]
 	if parent == "" {
 		return metadata.Usage{}, fmt.Errorf("snapshot %q holds layer %s, which stands on %s: commit it onto that parent (WithParent): %w",
@@ -85,9 +87,9 @@ func stagedUsage(tx *metadata.Tx, rec metadata.Snapshot, parent string) (metadat
 			rec.Key, want, parent, errdefs.ErrFailedPrecondition)
 	}
 	for _, id := range tx.DirUsers(rec.Dir) {
-		if s, err := tx.GetByID(id); err == nil && s.Kind == snapshots.KindCommitted {
-			return s.Usage, nil
+		if u, err := tx.GetByID(id); err == nil && u.Kind == snapshots.KindCommitted {
+			return u.Usage, nil
 		}
 	}
-	return metadata.Usage{}, fmt.Errorf("snapshot %q is staged on %s, which no committed snapshot has any more: %w", rec.Key, rec.Dir, errdefs.ErrFailedPrecondition)
+	return diskUsage(ctx, s.layout.layer(rec.Dir))
 }

@@ -122,8 +122,7 @@ func (c *Config) validate() error {
 		if err := validateSocketPath(c.AdminAddress); err != nil {
 			return fmt.Errorf("admin_address: unset, so it would be %q beside address, but %w; set it", c.AdminAddress, err)
 		}
-	}
-	if err := validateSocketPath(c.AdminAddress); err != nil {
+	} else if err := validateSocketPath(c.AdminAddress); err != nil {
 		return fmt.Errorf("admin_address: %w", err)
 	}
 	if err := validateMetricsAddress(c.MetricsAddress); err != nil {
@@ -131,6 +130,9 @@ func (c *Config) validate() error {
 	}
 	if c.Address == c.AdminAddress {
 		return fmt.Errorf("admin_address: %q is also the Snapshots API's address", c.AdminAddress)
+	}
+	if c.MetricsAddress == c.Address || c.MetricsAddress == c.AdminAddress {
+		return fmt.Errorf("metrics_address: %q is also the address of the Snapshots API or of the admin API", c.MetricsAddress)
 	}
 	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level: %q is not one of trace, debug, info, warn, error, fatal, panic", c.LogLevel)

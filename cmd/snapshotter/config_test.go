@@ -54,6 +54,22 @@ shutdown_timeout = "3s"
 	if cfg.AdminAddress != "/flag/x.admin.sock" {
 		t.Fatalf("admin address %q, want /flag/x.admin.sock beside --address", cfg.AdminAddress)
 	}
+	// A config that names an admin socket (as an upgraded host's does)
+	// still gives a daemon started with its own --address its own one.
+	named := writeConfig(t, `admin_address = "/run/strata/admin.sock"`+"\n")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config", named}, "/run/strata/admin.sock"},
+		{[]string{"--config", named, "--address", "/run/b/strata.sock"}, "/run/b/strata.admin.sock"},
+		{[]string{"--config", named, "--address", "/run/b/strata.sock", "--admin-address", "/run/b/a.sock"}, "/run/b/a.sock"},
+	} {
+		cfg, _, err := parseConfig(tc.args, io.Discard)
+		if err != nil || cfg.AdminAddress != tc.want {
+			t.Errorf("%v: admin address %q, %v; want %q", tc.args, cfg.AdminAddress, err, tc.want)
+		}
+	}
 }
 
 // TestConfigDefaultFileMayBeMissing: without --config a missing file means

@@ -36,7 +36,7 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: strata-snapshotter containerd-config [--file FILE] [--address SOCKET] [--root DIR] [--cri] [--runtime-handler NAME] [--write [--restart]]")
 		fl.PrintDefaults()
 	}
-	if code, ok := parseArgs(fl, args, 0); !ok {
+	if _, code, ok := parseArgs(fl, args, 0); !ok {
 		return code
 	}
 	if *restart && !*write {

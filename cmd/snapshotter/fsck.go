@@ -15,12 +15,12 @@ func runFsck(args []string, stdout, stderr io.Writer) int {
 	fl.SetOutput(stderr)
 	root := fl.String("root", defaultRoot, "the store to check; strata must not be running on it")
 	repair := fl.Bool("repair", false, "do what start-up does: put back directories of interrupted removals, remove those no snapshot owns (nothing else)")
-	discard := fl.Bool("discard-unindexed", false, "the index is missing or empty: delete every layer, so strata starts an empty store")
+	discard := fl.Bool("discard-unindexed", false, "delete the layers no index records: all of them when the index is missing or empty (strata then starts an empty store), else those kept as unindexed")
 	fl.Usage = func() {
 		fmt.Fprintln(stderr, "usage: strata-snapshotter fsck [--root DIR] [--repair | --discard-unindexed]")
 		fl.PrintDefaults()
 	}
-	if code, ok := parseArgs(fl, args, 0); !ok {
+	if _, code, ok := parseArgs(fl, args, 0); !ok {
 		return code
 	}
 	if *repair && *discard {
@@ -32,19 +32,29 @@ func runFsck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "strata-snapshotter fsck: %v\n", err)
 		return 1
 	}
-	for _, f := range r.Findings {
-		fmt.Fprintln(stdout, f)
-	}
 	for _, p := range r.Restored {
 		fmt.Fprintf(stdout, "restored %s\n", p)
 	}
 	for _, p := range r.Removed {
 		fmt.Fprintf(stdout, "removed %s\n", p)
 	}
-	if len(r.Findings) == 0 {
+	for _, f := range r.Findings {
+		fmt.Fprintln(stdout, f)
+	}
+	switch {
+	case *discard:
+		fmt.Fprintf(stdout, "%s: discarded %d directories the index does not record\n", *root, len(r.Removed))
+		return 0
+	case len(r.Findings) == 0 && *repair:
+		fmt.Fprintf(stdout, "%s: clean after repair (%d restored, %d removed)\n", *root, len(r.Restored), len(r.Removed))
+		return 0
+	case len(r.Findings) == 0:
 		fmt.Fprintf(stdout, "%s: clean\n", *root)
 		return 0
+	case *repair:
+		fmt.Fprintf(stdout, "%s: %d restored, %d removed; %d findings left that repair does not fix\n", *root, len(r.Restored), len(r.Removed), len(r.Findings))
+	default:
+		fmt.Fprintf(stdout, "%s: %d findings\n", *root, len(r.Findings))
 	}
-	fmt.Fprintf(stdout, "%s: %d findings, %d restored, %d removed\n", *root, len(r.Findings), len(r.Restored), len(r.Removed))
 	return 1
 }

@@ -24,7 +24,7 @@ func runHealth(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: strata-snapshotter health [--config FILE] [--metrics-address ADDRESS] [--timeout D]")
 		fl.PrintDefaults()
 	}
-	if code, ok := parseArgs(fl, args, 0); !ok {
+	if _, code, ok := parseArgs(fl, args, 0); !ok {
 		return code
 	}
 	fail := func(err error) int {

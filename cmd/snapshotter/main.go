@@ -98,7 +98,11 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 		cfg.Root = *root
 	}
 	if set["address"] {
-		cfg.Address = *address
+		// The admin socket goes with the address given on the command
+		// line (beside it) unless it is given too: a second daemon
+		// started with its own --address never takes the admin socket a
+		// config file names for the first.
+		cfg.Address, cfg.AdminAddress = *address, ""
 	}
 	if set["admin-address"] {
 		cfg.AdminAddress = *admin

@@ -94,6 +94,15 @@ func TestDamagedIndexRefused(t *testing.T) {
 		"truncated to half":     func(p string) error { fi, _ := os.Stat(p); return os.Truncate(p, fi.Size()/2) },
 		"truncated to one page": func(p string) error { return os.Truncate(p, 4096) },
 		"not an index":          func(p string) error { return os.WriteFile(p, []byte(strings.Repeat("x", 8192)), 0o600) },
+		"pages overwritten": func(p string) error {
+			f, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.WriteAt([]byte(strings.Repeat("\xab", 3*4096)), 2*4096)
+			return err
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			root := storeWithLayer(t)
@@ -107,6 +116,7 @@ func TestDamagedIndexRefused(t *testing.T) {
 			}
 			before := onDisk(t, root)
 			refusesEveryStart(t, root, "metadata database "+db)
+			refusesEveryStart(t, root, "--discard-unindexed")
 			if out, code := fsckCmd(t, root, "--repair"); code != 1 || !strings.Contains(out, db) {
 				t.Fatalf("fsck --repair of a damaged index exited %d:\n%s", code, out)
 			}
@@ -154,6 +164,12 @@ func TestTwoDaemons(t *testing.T) {
 		}
 		if _, err := admin.NewClient(daemons[name].admin).Snapshot(context.Background(), layer); err != nil {
 			t.Errorf("daemon %s's admin socket: %v", name, err)
+		}
+		// Flags may follow the key, as the README writes it.
+		out, err := exec.Command(binary, "inspect", layer, "--address", address, "--json").CombinedOutput()
+		var snap admin.Snapshot
+		if err != nil || json.Unmarshal(out, &snap) != nil || snap.Key != layer {
+			t.Errorf("inspect %s --address %s --json: %v\n%s", layer, address, err, out)
 		}
 	}
 	for _, d := range daemons {

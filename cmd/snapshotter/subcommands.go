@@ -19,16 +19,17 @@ import (
 // A subcommand asks the running daemon, over its admin socket, about the
 // store, and prints a table (or, with --json, the API's JSON).
 type subcommand struct {
-	usage string
-	args  int // positional arguments it takes
-	run   func(ctx context.Context, c *admin.Client, args []string, out io.Writer, asJSON bool) error
+	synopsis string // the command and its arguments
+	summary  string
+	args     int // positional arguments it takes
+	run      func(ctx context.Context, c *admin.Client, args []string, out io.Writer, asJSON bool) error
 }
 
 var subcommands = map[string]subcommand{
-	"ls":      {usage: "ls: list snapshots", run: cmdLs},
-	"tree":    {usage: "tree: the parent/child forest, leaves marked", run: cmdTree},
-	"inspect": {usage: "inspect KEY: everything about one snapshot", args: 1, run: cmdInspect},
-	"du":      {usage: "du: bytes per leaf, unique and shared, and what sharing saves", run: cmdDu},
+	"ls":      {synopsis: "ls", summary: "list snapshots", run: cmdLs},
+	"tree":    {synopsis: "tree", summary: "the parent/child forest, leaves marked", run: cmdTree},
+	"inspect": {synopsis: "inspect KEY", summary: "everything about one snapshot", args: 1, run: cmdInspect},
+	"du":      {synopsis: "du", summary: "bytes per leaf, unique and shared, and what sharing saves", run: cmdDu},
 }
 
 func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io.Writer) int {
@@ -39,10 +40,11 @@ func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io
 	adminAddress := fl.String("admin-address", "", "the daemon's admin socket (default: from --address or --config)")
 	asJSON := fl.Bool("json", false, "print JSON instead of a table")
 	fl.Usage = func() {
-		fmt.Fprintf(stderr, "usage: strata-snapshotter %s [--config FILE | --address SOCKET | --admin-address SOCKET] [--json]\n", cmd.usage)
+		fmt.Fprintf(stderr, "usage: strata-snapshotter %s [--config FILE | --address SOCKET | --admin-address SOCKET] [--json]\n%s\n", cmd.synopsis, cmd.summary)
 		fl.PrintDefaults()
 	}
-	if code, ok := parseArgs(fl, args, cmd.args); !ok {
+	positional, code, ok := parseArgs(fl, args, cmd.args)
+	if !ok {
 		return code
 	}
 	set := map[string]bool{}
@@ -54,7 +56,7 @@ func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := cmd.run(ctx, admin.NewClient(socket), fl.Args(), stdout, *asJSON); err != nil {
+	if err := cmd.run(ctx, admin.NewClient(socket), positional, stdout, *asJSON); err != nil {
 		fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
 		return 1
 	}
@@ -82,21 +84,30 @@ func operatorAdminAddress(set map[string]bool, configPath, address, adminAddress
 	return cfg.AdminAddress, nil
 }
 
-// parseArgs parses a subcommand's flags and checks it got nargs positional
-// arguments. When ok is false the subcommand exits with code: 0 for --help,
-// 1 for bad flags or arguments (after the usage).
-func parseArgs(fl *flag.FlagSet, args []string, nargs int) (code int, ok bool) {
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, false
+// parseArgs parses a subcommand's flags, before and after its positional
+// arguments (inspect KEY --json works as well as inspect --json KEY), and
+// checks it got nargs of them. When ok is false the subcommand exits with
+// code: 0 for --help, 1 for bad flags or arguments (after the usage).
+func parseArgs(fl *flag.FlagSet, args []string, nargs int) (positional []string, code int, ok bool) {
+	for {
+		if err := fl.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, 0, false
+			}
+			return nil, 1, false
 		}
-		return 1, false
+		if fl.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fl.Arg(0))
+		args = fl.Args()[1:]
 	}
-	if fl.NArg() != nargs {
+	if len(positional) != nargs {
+		fmt.Fprintf(fl.Output(), "strata-snapshotter: want %d argument(s), got %d %q\n", nargs, len(positional), positional)
 		fl.Usage()
-		return 1, false
+		return nil, 1, false
 	}
-	return 0, true
+	return positional, 0, true
 }
 
 func printJSON(out io.Writer, v any) error {
