@@ -537,47 +537,6 @@ func (c *cdClient) chainIDs(t *testing.T, ref string) []string {
 	return ids
 }
 
-// countLines is the number of lines the daemon has printed containing s.
-func countLines(p *proc, s string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, l := range p.lines {
-		if strings.Contains(l, s) {
-			n++
-		}
-	}
-	return n
-}
-
-// nthLine waits until the daemon has printed n lines containing s, and
-// returns the nth: a command's effect on the log arrives through a pipe, a
-// little after the command returns.
-func (p *proc) nthLine(s string, n int, limit time.Duration) (string, error) {
-	timer := time.AfterFunc(limit, func() {
-		p.mu.Lock()
-		p.cond.Broadcast()
-		p.mu.Unlock()
-	})
-	defer timer.Stop()
-	deadline := time.Now().Add(limit)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for i, seen := 0, 0; ; {
-		for ; i < len(p.lines); i++ {
-			if strings.Contains(p.lines[i], s) {
-				if seen++; seen == n {
-					return p.lines[i], nil
-				}
-			}
-		}
-		if p.done || time.Now().After(deadline) {
-			return "", fmt.Errorf("%s printed %d lines containing %q, want %d:\n%s", p.name, seen, s, n, p.tail())
-		}
-		p.cond.Wait()
-	}
-}
-
 // changeScript changes the stack image's tree in a container in every way
 // busybox can: new files, directories, a hard link, device nodes, a fifo and
 // symlinks; a lower file modified (one with xattrs, one hard-linked),

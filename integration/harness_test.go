@@ -103,6 +103,14 @@ func (p *proc) waitLog(t testing.TB, s string, limit time.Duration) {
 }
 
 func (p *proc) waitLogErr(s string, limit time.Duration) error {
+	_, err := p.nthLine(s, 1, limit)
+	return err
+}
+
+// nthLine waits until the daemon has printed n lines containing s, and
+// returns the nth: a command's effect on the log arrives through a pipe, a
+// little after the command returns.
+func (p *proc) nthLine(s string, n int, limit time.Duration) (string, error) {
 	timer := time.AfterFunc(limit, func() {
 		p.mu.Lock()
 		p.cond.Broadcast()
@@ -112,17 +120,19 @@ func (p *proc) waitLogErr(s string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for i := 0; ; {
+	for i, seen := 0, 0; ; {
 		for ; i < len(p.lines); i++ {
 			if strings.Contains(p.lines[i], s) {
-				return nil
+				if seen++; seen == n {
+					return p.lines[i], nil
+				}
 			}
 		}
 		if p.done {
-			return fmt.Errorf("%s exited (%v) before printing %q:\n%s", p.name, p.err, s, p.tail())
+			return "", fmt.Errorf("%s exited (%v) after printing %d of %d lines containing %q:\n%s", p.name, p.err, seen, n, s, p.tail())
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not print %q within %v:\n%s", p.name, s, limit, p.tail())
+			return "", fmt.Errorf("%s printed %d of %d lines containing %q within %v:\n%s", p.name, seen, n, s, limit, p.tail())
 		}
 		p.cond.Wait()
 	}

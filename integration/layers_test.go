@@ -99,13 +99,17 @@ func TestParallelUnpack(t *testing.T) {
 }
 
 // containsLine reports whether the daemon has printed a line containing s.
-func containsLine(p *proc, s string) bool {
+func containsLine(p *proc, s string) bool { return countLines(p, s) > 0 }
+
+// countLines is the number of lines the daemon has printed containing s.
+func countLines(p *proc, s string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	n := 0
 	for _, l := range p.lines {
 		if strings.Contains(l, s) {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
