@@ -33,6 +33,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -120,7 +121,7 @@ func openChecked(ctx context.Context, path string, readOnly bool) (bdb *bolt.DB,
 			} else if file != nil {
 				file.Close()
 			}
-			bdb, err = nil, fmt.Errorf("the file is damaged: reading it failed (%v): %w", r, errdefs.ErrDataLoss)
+			bdb, err = nil, fmt.Errorf("the file is damaged: %s: %w", readFailure(r), errdefs.ErrDataLoss)
 		}
 	}()
 	bdb, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout, OpenFile: openFile, ReadOnly: readOnly})
@@ -161,6 +162,16 @@ func openChecked(ctx context.Context, path string, readOnly bool) (bdb *bolt.DB,
 		return nil, err
 	}
 	return bdb, nil
+}
+
+// readFailure says what a recovered panic of a read of the file means: a
+// fault (a page past the end of a truncated file, say) or bbolt's own
+// assertion about a page.
+func readFailure(r any) string {
+	if _, fault := r.(runtime.Error); fault {
+		return "reading it faulted (truncated, or a page points outside it)"
+	}
+	return fmt.Sprintf("reading it failed (%v)", r)
 }
 
 // checkWhole checks that the file is as long as its pages reach and reads

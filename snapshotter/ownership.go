@@ -63,7 +63,7 @@ func (s stray) String() string {
 	case restore:
 		return fmt.Sprintf("%s is the directory of a recorded snapshot, moved aside by a removal that did not commit (%s); start-up and fsck --repair put it back to %s", s.path, s.why, s.to)
 	case unindexed:
-		return fmt.Sprintf("%s holds a layer the index does not record (%s); it is kept until you put back the index that records it, or discard it with fsck --discard-unindexed", s.path, s.why)
+		return fmt.Sprintf("%s is not recorded by the index but is not garbage (%s); it is kept until you put back the index that records it, or discard it with fsck --discard-unindexed", s.path, s.why)
 	case foreign:
 		return fmt.Sprintf("%s is not a name strata makes (%s); it is left alone", s.path, s.why)
 	default:
@@ -130,9 +130,9 @@ func (l layout) judge(dir string, e os.DirEntry, recorded, kept map[string]bool)
 	case isLayerName(name) && recorded[name]:
 		return stray{}, false
 	case isLayerName(name) && inLayers && !isEmptyDir(p):
-		return stray{path: p, fate: unindexed, why: "stale or damaged index"}, true
+		return stray{path: p, fate: unindexed, why: "a layer with files: the index is older than the layers, or damaged"}, true
 	case isLayerName(name) && kept[name]:
-		return stray{path: p, fate: unindexed, why: "work directory of a layer the index does not record"}, true
+		return stray{path: p, fate: unindexed, why: "the work directory of such a layer"}, true
 	case isLayerName(name):
 		return stray{path: p, fate: garbage, why: "made by a Prepare whose transaction did not commit"}, true
 	case isMoved && isLayerName(moved) && recorded[moved] && !exists(filepath.Join(dir, moved)):

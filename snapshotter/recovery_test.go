@@ -394,7 +394,7 @@ func TestStaleIndexKeepsLayers(t *testing.T) {
 	}
 
 	st.checkIntact(t)
-	fsckSays(t, st.root, FsckOptions{Repair: true}, newerDir+" holds a layer the index does not record")
+	fsckSays(t, st.root, FsckOptions{Repair: true}, newerDir+" is not recorded by the index but is not garbage")
 	st.checkIntact(t)
 	if !exists(filepath.Join(newerDir, "n")) {
 		t.Fatalf("the layer the older index does not record was deleted")

@@ -688,7 +688,7 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 		case foreign:
 			log.G(ctx).WithField("path", st.path).Warn("entry under strata's root is not one strata makes; leaving it alone")
 		case unindexed:
-			log.G(ctx).WithField("path", st.path).Warn("layer directory with files that the index does not record (an older or damaged index?); keeping it: put back the index that records it, or run strata-snapshotter fsck --discard-unindexed")
+			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Warn("directory the index does not record, but not garbage; keeping it: put back the index that records it, or run strata-snapshotter fsck --discard-unindexed")
 		}
 	}
 	return s.db.View(func(tx *metadata.Tx) error {
