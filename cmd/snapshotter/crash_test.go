@@ -31,6 +31,7 @@ type crashModel struct {
 	actives   []string // prepared, not yet committed or removed
 	seq       int
 	ops       int // acknowledged operations
+	staged    int // acknowledged commits of a held layer again
 }
 
 func (m *crashModel) name(prefix string) string {
@@ -70,7 +71,7 @@ func crashClient(t *testing.T, sn snapshots.Snapshotter, m *crashModel, rng *ran
 		active := m.pick(rng, m.actives)
 		leaf := m.pick(rng, m.leaves)
 		m.mu.Unlock()
-		switch op := rng.IntN(10); {
+		switch op := rng.IntN(11); {
 		case op < 3: // Prepare
 			key := m.name("active")
 			if _, err := sn.Prepare(ctx, key, parent); fail("prepare", err) {
@@ -154,6 +155,10 @@ func crashClient(t *testing.T, sn snapshots.Snapshotter, m *crashModel, rng *ran
 			if fail("remove", err) && !errdefs.IsNotFound(err) && !errdefs.IsFailedPrecondition(err) {
 				return
 			}
+		case op == 10 && parent != "": // the layer again, as parallel unpack of a held image does
+			if !stageAgain(t, sn, m, parent) {
+				return
+			}
 		case parent != "": // Update
 			_, err := sn.Update(ctx, snapshots.Info{Name: parent, Labels: map[string]string{"touched": fmt.Sprint(i)}}, "labels.touched")
 			if fail("update", err) && !errdefs.IsNotFound(err) {
@@ -161,6 +166,47 @@ func crashClient(t *testing.T, sn snapshots.Snapshotter, m *crashModel, rng *ran
 			}
 		}
 	}
+}
+
+// stageAgain commits the committed layer again under a new name, the way
+// containerd's parallel unpack does when strata holds the layer: a
+// parentless Prepare labelled with the layer's and its parent's refs, which
+// strata stages on the layer's directory, then a Commit onto the parent.
+// The new snapshot shares the directory. It reports whether the client may
+// go on.
+func stageAgain(t *testing.T, sn snapshots.Snapshotter, m *crashModel, layer string) bool {
+	ctx := context.Background()
+	info, err := sn.Stat(ctx, layer)
+	if err != nil || info.Parent == "" {
+		return err == nil || (acceptable(err) && errdefs.IsNotFound(err))
+	}
+	labels := map[string]string{snapshots.LabelSnapshotRef: layer, "containerd.io/snapshot/parent-chain-id": info.Parent}
+	key := m.name("staged")
+	ms, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(labels))
+	if err != nil {
+		if !acceptable(err) {
+			t.Errorf("stage %s: unexpected error %v", layer, err)
+		}
+		return errdefs.IsNotFound(err)
+	}
+	if len(ms) != 1 || !ms[0].ReadOnly() {
+		t.Errorf("prepare of held layer %s: %+v, want one read-only (staged) mount", layer, ms)
+		return false
+	}
+	name := m.name("again")
+	err = sn.Commit(ctx, name, key, snapshots.WithParent(info.Parent), snapshots.WithLabels(labels))
+	m.mu.Lock()
+	if err == nil {
+		m.committed[name] = m.committed[layer]
+		m.leaves = append(m.leaves, name)
+		m.ops++
+		m.staged++
+	}
+	m.mu.Unlock()
+	if err != nil && !acceptable(err) {
+		t.Errorf("commit staged %s: unexpected error %v", layer, err)
+	}
+	return err == nil || errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err)
 }
 
 func keys(m map[string]map[string]string) []string {
@@ -221,7 +267,8 @@ func verify(t *testing.T, d *daemon, m *crashModel) int {
 
 // TestCrashConsistency kills the daemon with SIGKILL at random moments, at
 // least 100 times, while a client runs a random mix of Prepare, writes
-// through the mount, Commit, View, Remove and Update. After every restart
+// through the mount, Commit, View, Remove, Update, and the staged re-commit
+// of a held layer (two snapshots sharing one directory). After every restart
 // each acknowledged commit is there with byte-identical files and each
 // acknowledged removal stayed removed; at the end, after Cleanup, fsck finds
 // the store clean.
@@ -272,6 +319,9 @@ func TestCrashConsistency(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fsck after %d kills: %v\n%s", kills, err, out)
 	}
-	t.Logf("%d SIGKILLs survived; %d operations acknowledged; %d acknowledged results verified after restarts; fsck: %s",
-		kills, m.ops, checks, strings.TrimSpace(string(out)))
+	t.Logf("%d SIGKILLs survived; %d operations acknowledged (%d staged re-commits of a held layer); %d acknowledged results verified after restarts; fsck: %s",
+		kills, m.ops, m.staged, checks, strings.TrimSpace(string(out)))
+	if m.staged == 0 {
+		t.Fatal("no staged re-commit of a held layer was acknowledged: the shared-directory path went untested")
+	}
 }
