@@ -11,12 +11,14 @@ import (
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 )
 
 // TestConcurrentClients: 64 clients run full lifecycles at once on shared
 // parents, re-using each other's keys (so Prepares collide and Removes race
-// Commits on the same parent). Every error is one of the documented kinds,
+// Commits on the same parent), and some commit a layer again through the
+// staged path, sharing its directory. Every error is one of the documented kinds,
 // nothing deadlocks (the test finishes), and at the end no directory is left
 // that no snapshot owns. Run under -race by make test.
 func TestConcurrentClients(t *testing.T) {
@@ -29,6 +31,8 @@ func TestConcurrentClients(t *testing.T) {
 	)
 	for p := range parents {
 		commitLayer(t, sn, fmt.Sprintf("parent-%d", p), "", map[string]string{"p": fmt.Sprint(p)})
+		// A layer on it that no client removes, to be staged again.
+		commitLayer(t, sn, fmt.Sprintf("base-%d", p), fmt.Sprintf("parent-%d", p), map[string]string{"b": fmt.Sprint(p)})
 	}
 	documented := func(err error) bool {
 		return err == nil || errdefs.IsNotFound(err) || errdefs.IsAlreadyExists(err) ||
@@ -38,6 +42,7 @@ func TestConcurrentClients(t *testing.T) {
 		wg     sync.WaitGroup
 		ops    atomic.Int64
 		errs   atomic.Int64
+		staged atomic.Int64
 		failed sync.Once
 	)
 	fail := func(op string, err error) {
@@ -59,6 +64,27 @@ func TestConcurrentClients(t *testing.T) {
 				parent := fmt.Sprintf("parent-%d", rng.IntN(parents))
 				if rng.IntN(4) == 0 {
 					parent = name // stacking on a layer another client may be removing
+				}
+				if rng.IntN(6) == 0 {
+					// The layer again, as parallel unpack of a held
+					// image does: staged on its directory, while other
+					// clients remove it or stack on it.
+					again := fmt.Sprintf("again-%d-%d", c/2, r%5)
+					layer := name // which another client may be removing
+					if rng.IntN(2) == 0 {
+						layer = fmt.Sprintf("base-%d", rng.IntN(parents))
+					}
+					if ok, err := stageAgain(ctx, sn, layer, key+"-staged", again); err != nil {
+						fail("stage", err)
+					} else if ok {
+						staged.Add(1)
+					}
+					for _, k := range []string{key + "-staged", again} {
+						if err := sn.Remove(ctx, k); err != nil {
+							fail("remove", err)
+						}
+					}
+					continue
 				}
 				ms, err := sn.Prepare(ctx, key, parent)
 				if err != nil {
@@ -90,7 +116,10 @@ func TestConcurrentClients(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("%d clients, %d lifecycles, %d documented errors", clients, ops.Load(), errs.Load())
+	t.Logf("%d clients, %d lifecycles (%d staged re-commits), %d documented errors", clients, ops.Load(), staged.Load(), errs.Load())
+	if staged.Load() == 0 {
+		t.Error("no staged re-commit succeeded: the shared-directory path went untested")
+	}
 
 	// Remove whatever is left, children before parents; then nothing may
 	// remain that the index does not own.
@@ -125,4 +154,21 @@ func upperOf(ms []mount.Mount) string {
 		}
 	}
 	return ms[0].Source
+}
+
+// stageAgain commits layer again as name, as containerd's parallel unpack
+// does when strata holds it: a parentless Prepare labelled with the layer's
+// and its parent's refs (keys, here), committed onto the parent.
+// It reports whether it committed.
+func stageAgain(ctx context.Context, sn snapshots.Snapshotter, layer, key, name string) (bool, error) {
+	info, err := sn.Stat(ctx, layer)
+	if err != nil || info.Parent == "" {
+		return false, err
+	}
+	labels := map[string]string{snapshots.LabelSnapshotRef: layer, labelParentChainID: info.Parent}
+	if _, err := sn.Prepare(ctx, key, "", snapshots.WithLabels(labels)); err != nil {
+		return false, err
+	}
+	err = sn.Commit(ctx, name, key, snapshots.WithParent(info.Parent), snapshots.WithLabels(labels))
+	return err == nil, err
 }
