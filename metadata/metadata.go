@@ -230,10 +230,13 @@ func createSchema(ctx context.Context, tx *bolt.Tx) error {
 			return err
 		}
 	}
-	var v [4]byte
-	binary.BigEndian.PutUint32(v[:], SchemaVersion)
 	log.G(ctx).WithField("schema", SchemaVersion).Debug("initialised metadata database")
-	return root.Put(keySchema, v[:])
+	return stampSchema(root)
+}
+
+// stampSchema records that the file follows the current schema.
+func stampSchema(root *bolt.Bucket) error {
+	return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion))
 }
 
 // migrate brings a file of an older schema to the current one, inside the
@@ -259,10 +262,8 @@ func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
 			return err
 		}
 	}
-	var v [4]byte
-	binary.BigEndian.PutUint32(v[:], SchemaVersion)
 	log.G(ctx).WithField("from", from).WithField("to", SchemaVersion).Info("migrated metadata database")
-	return root.Put(keySchema, v[:])
+	return stampSchema(root)
 }
 
 // Close closes the database. It is safe to call more than once.

@@ -79,18 +79,9 @@ func TestSchemaVersion(t *testing.T) {
 	db.Close()
 
 	// Stamp the file as a future version, as a newer strata would.
-	raw, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := raw.Update(func(tx *bolt.Tx) error {
-		var v [4]byte
-		binary.BigEndian.PutUint32(v[:], SchemaVersion+1)
-		return tx.Bucket(bucketRoot).Put(keySchema, v[:])
-	}); err != nil {
-		t.Fatal(err)
-	}
-	raw.Close()
+	editFile(t, path, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRoot).Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion+1))
+	})
 	_, err = Open(context.Background(), path)
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "newer strata") {
 		t.Fatalf("opening a newer schema: %v, want FailedPrecondition saying it is newer", err)
@@ -118,11 +109,7 @@ func TestMigrateSchema1(t *testing.T) {
 	}
 	db.Close()
 	// Rewrite it as strata of schema 1 wrote it.
-	raw, err := bolt.Open(path, 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = raw.Update(func(tx *bolt.Tx) error {
+	editFile(t, path, func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketRoot)
 		if err := root.DeleteBucket(bucketDirs); err != nil {
 			return err
@@ -138,10 +125,6 @@ func TestMigrateSchema1(t *testing.T) {
 		}
 		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 1))
 	})
-	raw.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A check changes nothing: it refuses to read the old schema.
 	if _, err := OpenReadOnly(context.Background(), path); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "migrates") {
 		t.Fatalf("read-only open of schema 1: %v, want FailedPrecondition saying the daemon migrates it", err)
@@ -462,14 +445,7 @@ func TestCheck(t *testing.T) {
 				t.Fatal(err)
 			}
 			os.WriteFile(copyPath, b, 0o600)
-			raw, err := bolt.Open(copyPath, 0o600, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := raw.Update(func(tx *bolt.Tx) error { return tc.damage(tx.Bucket(bucketRoot)) }); err != nil {
-				t.Fatal(err)
-			}
-			raw.Close()
+			editFile(t, copyPath, func(tx *bolt.Tx) error { return tc.damage(tx.Bucket(bucketRoot)) })
 			db, err := Open(context.Background(), copyPath)
 			if err != nil {
 				t.Fatal(err)
@@ -488,15 +464,22 @@ func TestCheck(t *testing.T) {
 // database is refused, not given strata's schema beside its data.
 func TestForeignBoltFileRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "other.db")
+	editFile(t, path, func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("theirs")); return err })
+	if _, err := Open(context.Background(), path); !errdefs.IsDataLoss(err) || !strings.Contains(err.Error(), "not strata's index") {
+		t.Fatalf("opening another program's bbolt file: %v, want DataLoss saying it is not strata's index", err)
+	}
+}
+
+// editFile changes the bbolt file at path directly, as another program (or
+// another version of strata) would, in one transaction.
+func editFile(t *testing.T, path string, fn func(*bolt.Tx) error) {
+	t.Helper()
 	raw, err := bolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := raw.Update(func(tx *bolt.Tx) error { _, err := tx.CreateBucket([]byte("theirs")); return err }); err != nil {
+	defer raw.Close()
+	if err := raw.Update(fn); err != nil {
 		t.Fatal(err)
-	}
-	raw.Close()
-	if _, err := Open(context.Background(), path); !errdefs.IsDataLoss(err) || !strings.Contains(err.Error(), "not strata's index") {
-		t.Fatalf("opening another program's bbolt file: %v, want DataLoss saying it is not strata's index", err)
 	}
 }

@@ -336,7 +336,7 @@ func (t *Tx) CommittedWithRef(ref, parent string) (Snapshot, bool, error) {
 	ok := false
 	err := t.Walk(func(s Snapshot) error {
 		if !ok && s.Kind == snapshots.KindCommitted && s.Parent == parent &&
-			holds(s, ref) {
+			s.Holds(ref) {
 			found, ok = s, true
 		}
 		return nil
@@ -352,10 +352,10 @@ func (t *Tx) CommittedOnChain(ref, parentRef string) (Snapshot, bool, error) {
 	var found Snapshot
 	ok := false
 	err := t.Walk(func(s Snapshot) error {
-		if ok || s.Kind != snapshots.KindCommitted || s.Parent == "" || !holds(s, ref) {
+		if ok || s.Kind != snapshots.KindCommitted || s.Parent == "" || !s.Holds(ref) {
 			return nil
 		}
-		if p, err := t.Get(s.Parent); err == nil && holds(p, parentRef) {
+		if p, err := t.Get(s.Parent); err == nil && p.Holds(parentRef) {
 			found, ok = s, true
 		}
 		return nil
@@ -363,9 +363,9 @@ func (t *Tx) CommittedOnChain(ref, parentRef string) (Snapshot, bool, error) {
 	return found, ok, err
 }
 
-// holds reports whether s is the layer ref names: its key, or the label
-// containerd's unpacker sets.
-func holds(s Snapshot, ref string) bool {
+// Holds reports whether s is the layer ref names: its key, or the label
+// containerd's unpacker sets (the layer's chain id).
+func (s Snapshot) Holds(ref string) bool {
 	return s.Key == ref || s.Labels[snapshots.LabelSnapshotRef] == ref
 }
 
@@ -397,14 +397,19 @@ func (t *Tx) DirUsers(dir string) []uint64 {
 	return ids
 }
 
-// dirCommitted reports whether a committed snapshot has the directory name.
-func (t *Tx) dirCommitted(dir string) bool {
+// CommittedInDir returns a committed snapshot that has the directory name.
+func (t *Tx) CommittedInDir(dir string) (Snapshot, bool) {
 	for _, id := range t.DirUsers(dir) {
 		if s, err := t.GetByID(id); err == nil && s.Kind == snapshots.KindCommitted {
-			return true
+			return s, true
 		}
 	}
-	return false
+	return Snapshot{}, false
+}
+
+func (t *Tx) dirCommitted(dir string) bool {
+	_, ok := t.CommittedInDir(dir)
+	return ok
 }
 
 func dirKey(dir string, id uint64) []byte {

@@ -167,11 +167,17 @@ func (r *FsckReport) repair(ctx context.Context, strays []stray) {
 			}
 			r.Restored = append(r.Restored, st.to)
 		case garbage:
-			deleteDir(ctx, st.path)
-			if !exists(st.path) {
-				r.Removed = append(r.Removed, st.path)
-			}
+			r.remove(ctx, st.path)
 		}
+	}
+}
+
+// remove deletes path as Cleanup would, and lists it as removed once it is
+// gone (deleteDir leaves a directory that something is mounted in).
+func (r *FsckReport) remove(ctx context.Context, path string) {
+	deleteDir(ctx, path)
+	if !exists(path) {
+		r.Removed = append(r.Removed, path)
 	}
 }
 
@@ -206,10 +212,7 @@ func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
 	var r FsckReport
 	for _, st := range strays {
 		if st.fate == unindexed || (!indexed && st.fate == garbage) {
-			deleteDir(ctx, st.path)
-			if !exists(st.path) {
-				r.Removed = append(r.Removed, st.path)
-			}
+			r.remove(ctx, st.path)
 		}
 	}
 	if !indexed {

@@ -241,17 +241,9 @@ func TestIndexUnreadable(t *testing.T) {
 	})
 	t.Run("newer schema", func(t *testing.T) {
 		st := newStore(t)
-		db, err := bolt.Open(st.path(dbFile), 0o600, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = db.Update(func(tx *bolt.Tx) error {
+		editIndex(t, st.root, func(tx *bolt.Tx) error {
 			return tx.Bucket([]byte("strata")).Put([]byte("schema"), binary.BigEndian.AppendUint32(nil, 99))
 		})
-		db.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
 		refusedEveryTime(t, st.root, "newer strata", errdefs.IsFailedPrecondition)
 	})
 }
@@ -374,11 +366,7 @@ func TestStaleIndexKeepsLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// And the directory index loses the bottom layer's entry.
-	db, err := bolt.Open(st.path(dbFile), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	editIndex(t, st.root, func(tx *bolt.Tx) error {
 		dirs := tx.Bucket([]byte("strata")).Bucket([]byte("dirs"))
 		c := dirs.Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
@@ -388,10 +376,6 @@ func TestStaleIndexKeepsLayers(t *testing.T) {
 		}
 		return nil
 	})
-	db.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	st.checkIntact(t)
 	fsckSays(t, st.root, FsckOptions{Repair: true}, newerDir+" is not recorded by the index but is not garbage")
@@ -407,4 +391,18 @@ func TestStaleIndexKeepsLayers(t *testing.T) {
 		t.Fatalf("discard removed %v, want %s and its work directory", r.Removed, newerDir)
 	}
 	st.checkIntact(t)
+}
+
+// editIndex changes the index of the stopped store at root directly, as a
+// damaged disk or another version of strata would, in one transaction.
+func editIndex(t *testing.T, root string, fn func(*bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(root, dbFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(fn); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -536,7 +536,7 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 // returned: the snapshot is already gone from the index, and Cleanup retries.
 func (s *snapshotter) delete(ctx context.Context, dir string) {
 	if s.syncRemove {
-		s.deleteNow(ctx, dir)
+		deleteDir(ctx, dir)
 		return
 	}
 	s.mu.Lock()
@@ -548,14 +548,12 @@ func (s *snapshotter) delete(ctx context.Context, dir string) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.deleteNow(context.WithoutCancel(ctx), dir)
+		deleteDir(context.WithoutCancel(ctx), dir)
 		s.mu.Lock()
 		delete(s.removing, dir)
 		s.mu.Unlock()
 	}()
 }
-
-func (s *snapshotter) deleteNow(ctx context.Context, dir string) { deleteDir(ctx, dir) }
 
 // deleteDir removes dir unless something is mounted at or below it. Failures
 // are logged: whoever asked has already decided the directory is garbage, and
@@ -648,7 +646,7 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 	for _, st := range strays {
 		if st.fate == garbage {
 			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Info("deleting directory no snapshot owns")
-			s.deleteNow(ctx, st.path)
+			deleteDir(ctx, st.path)
 		}
 	}
 	return strays, nil

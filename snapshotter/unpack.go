@@ -82,14 +82,12 @@ func (s *snapshotter) stagedUsage(ctx context.Context, tx *metadata.Tx, rec meta
 	if err != nil {
 		return metadata.Usage{}, fmt.Errorf("commit parent: %w", err)
 	}
-	if p.Key != want && p.Labels[snapshots.LabelSnapshotRef] != want {
+	if !p.Holds(want) {
 		return metadata.Usage{}, fmt.Errorf("snapshot %q holds a layer that stands on %s, but its commit parent %q is another layer: %w",
 			rec.Key, want, parent, errdefs.ErrFailedPrecondition)
 	}
-	for _, id := range tx.DirUsers(rec.Dir) {
-		if u, err := tx.GetByID(id); err == nil && u.Kind == snapshots.KindCommitted {
-			return u.Usage, nil
-		}
+	if layer, ok := tx.CommittedInDir(rec.Dir); ok {
+		return layer.Usage, nil
 	}
 	return diskUsage(ctx, s.layout.layer(rec.Dir))
 }

@@ -34,9 +34,7 @@ func runHealth(args []string, stdout, stderr io.Writer) int {
 	address := *addr
 	if address == "" {
 		cfg := defaultConfig()
-		named := false
-		fl.Visit(func(f *flag.Flag) { named = named || f.Name == "config" })
-		if err := loadFile(&cfg, *configPath, named); err != nil {
+		if err := loadFile(&cfg, *configPath, setFlags(fl)["config"]); err != nil {
 			return fail(err)
 		}
 		address = cfg.MetricsAddress

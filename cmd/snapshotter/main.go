@@ -87,8 +87,7 @@ func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
 	if *showVersion {
 		return Config{}, true, nil
 	}
-	set := map[string]bool{}
-	fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	set := setFlags(fl)
 
 	cfg := defaultConfig()
 	if err := loadFile(&cfg, *configPath, set["config"]); err != nil {

@@ -47,9 +47,7 @@ func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io
 	if !ok {
 		return code
 	}
-	set := map[string]bool{}
-	fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	socket, err := operatorAdminAddress(set, *configPath, *address, *adminAddress)
+	socket, err := operatorAdminAddress(setFlags(fl), *configPath, *address, *adminAddress)
 	if err != nil {
 		fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
 		return 1
@@ -82,6 +80,14 @@ func operatorAdminAddress(set map[string]bool, configPath, address, adminAddress
 		return "", fmt.Errorf("config %s: %w", configPath, err)
 	}
 	return cfg.AdminAddress, nil
+}
+
+// setFlags names the flags given on the command line, which override the
+// config file and the defaults.
+func setFlags(fl *flag.FlagSet) map[string]bool {
+	set := map[string]bool{}
+	fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return set
 }
 
 // parseArgs parses a subcommand's flags, before and after its positional
