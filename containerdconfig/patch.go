@@ -22,16 +22,28 @@ type Options struct {
 	// Root is strata's root, exported so the kubelet can account the image
 	// filesystem's usage.
 	Root string
-	// CRI makes strata the snapshotter of containerd's CRI plugin
-	// (Kubernetes pods).
+	// CRI makes strata the snapshotter of containerd's CRI plugin: image
+	// pulls, and every pod without a runtime handler of its own (Kubernetes'
+	// default-snapshotter mode). containerd then collects the writable
+	// layers' usage and the image filesystem's from strata.
 	CRI bool
 	// RuntimeHandler, when set, adds a CRI runtime handler of that name: a
-	// copy of the default runtime (runc) whose snapshotter is strata. Pods
-	// opt in with a RuntimeClass naming the handler; every other pod,
-	// including strata's own when it runs as a DaemonSet, keeps the default
-	// snapshotter, so it never waits on itself.
+	// copy of the default runtime (runc) whose snapshotter is strata, known
+	// to CRI's image service too, so the kubelet's stats find strata's
+	// filesystem. Pods opt in with a RuntimeClass naming the handler. With
+	// CRI and BootstrapHandler it becomes the default runtime.
 	RuntimeHandler string
+	// BootstrapHandler, with CRI, names the runtime handler that keeps
+	// containerd's overlayfs (runc, which every containerd has, so strata's
+	// own pod can name it before strata was ever installed): strata's pod
+	// runs and pulls its image with it, so strata never waits on itself.
+	// The default runtime becomes RuntimeHandler.
+	BootstrapHandler string
 }
+
+// builtinSnapshotter is containerd's own default snapshotter, which the
+// bootstrap handler keeps.
+const builtinSnapshotter = "overlayfs"
 
 const (
 	transferPlugin = "io.containerd.transfer.v1.local"
@@ -109,46 +121,107 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 			t.setKey(table, key, `"strata"`)
 		}
 	}
-	if o.RuntimeHandler != "" {
-		if err := addRuntimeHandler(doc, &t, version, o.RuntimeHandler); err != nil {
-			return nil, false, err
-		}
+	if err := patchRuntimes(doc, &t, version, o); err != nil {
+		return nil, false, err
 	}
 	out := []byte(strings.Join(t.lines, "\n"))
 	return out, string(out) != string(in), nil
 }
 
-// addRuntimeHandler adds (or brings up to date) the CRI runtime handler
-// name: the default runtime's settings, so its pods run the same way (cgroup
-// driver, runc binary), with strata as the snapshotter.
-func addRuntimeHandler(doc map[string]any, t *text, version int64, name string) error {
-	if name == "" || strings.ContainsAny(name, ".\"'[] \t\n") {
-		return fmt.Errorf("runtime handler %q: must be a plain name", name)
+// patchRuntimes adds strata's runtime handler and, in default-snapshotter
+// mode, pins the bootstrap handler to overlayfs and makes strata's handler
+// the default.
+func patchRuntimes(doc map[string]any, t *text, version int64, o Options) error {
+	for _, name := range []string{o.RuntimeHandler, o.BootstrapHandler} {
+		if name != "" && strings.ContainsAny(name, ".\"'[] \t\n") {
+			return fmt.Errorf("runtime handler %q: must be a plain name", name)
+		}
+	}
+	if o.BootstrapHandler != "" && (!o.CRI || o.RuntimeHandler == "") {
+		return fmt.Errorf("a bootstrap runtime handler needs strata as CRI's snapshotter and a runtime handler for strata")
+	}
+	if o.BootstrapHandler != "" && o.BootstrapHandler == o.RuntimeHandler {
+		return fmt.Errorf("runtime handler %q: strata's and the bootstrap handler must differ", o.RuntimeHandler)
+	}
+	if o.RuntimeHandler == "" {
+		return nil
 	}
 	base := []string{"plugins", criRuntimeV3, "containerd"}
 	if version == 2 {
 		base = []string{"plugins", criV2, "containerd"}
 	}
-	def, _ := dig(doc, append(base, "default_runtime_name")...).(string)
-	if def == "" {
-		def = "runc"
+	// The runtime strata's handler copies: the bootstrap handler, or the
+	// default runtime.
+	from := o.BootstrapHandler
+	if from == "" {
+		from, _ = dig(doc, append(base, "default_runtime_name")...).(string)
 	}
-	want := map[string]any{"runtime_type": "io.containerd.runc.v2"}
-	if m, ok := dig(doc, append(base, "runtimes", def)...).(map[string]any); ok && def != name {
-		want = maps.Clone(m)
+	if from == "" || from == o.RuntimeHandler {
+		from = "runc"
 	}
-	want["snapshotter"] = "strata"
-	path := append(base, "runtimes", name)
-	if reflect.DeepEqual(dig(doc, path...), want) {
-		return nil
-	}
-	block, err := renderTable(path, want, "")
-	if err != nil {
+	if err := setRuntime(doc, t, base, o.RuntimeHandler, from, "strata",
+		"# Pods whose runtime handler is this one run on strata; the rest is a copy\n# of the runtime "+from+"."); err != nil {
 		return err
 	}
-	t.removeTables(path)
-	t.appendBlock("# Pods whose RuntimeClass names this handler run on strata; the rest\n# is a copy of the default runtime " + def + ".\n" + strings.TrimRight(block, "\n"))
+	if o.BootstrapHandler == "" {
+		return nil
+	}
+	if err := setRuntime(doc, t, base, o.BootstrapHandler, o.BootstrapHandler, builtinSnapshotter,
+		"# strata's own pod runs with this handler, on containerd's overlayfs, so it\n# starts (and pulls its image) while strata is down."); err != nil {
+		return err
+	}
+	if dig(doc, append(base, "default_runtime_name")...) != o.RuntimeHandler {
+		t.setKey(base, "default_runtime_name", fmt.Sprintf("%q", o.RuntimeHandler))
+	}
 	return nil
+}
+
+// setRuntime writes the CRI runtime handler name as a copy of the runtime
+// from (its cgroup driver, runc binary, options) with the given snapshotter,
+// and tells CRI's image service about it (runtime_platforms): containerd
+// learns a snapshotter's filesystem, which the kubelet's stats ask about,
+// only from there or from its default, and pulls for the handler's pods
+// (those that name it) into that snapshotter.
+func setRuntime(doc map[string]any, t *text, base []string, name, from, snapshotter, comment string) error {
+	want := map[string]any{}
+	if m, ok := dig(doc, append(base, "runtimes", from)...).(map[string]any); ok {
+		want = maps.Clone(m)
+	}
+	// A partial runc table (only its options, say) leaves containerd's
+	// defaults for the rest; a copy must name the runtime itself, or pods
+	// fail with "container.Runtime.Name must be set".
+	if _, ok := want["runtime_type"]; !ok {
+		want["runtime_type"] = "io.containerd.runc.v2"
+	}
+	path := append(slices.Clone(base), "runtimes", name)
+	_, named := dig(doc, append(path, "runtime_type")...).(string)
+	switch {
+	case name == from && named:
+		// The runtime itself, complete: one key, the rest as written.
+		if dig(doc, append(path, "snapshotter")...) != snapshotter {
+			t.setKey(path, "snapshotter", fmt.Sprintf("%q", snapshotter))
+		}
+	case !reflect.DeepEqual(dig(doc, path...), withKey(want, "snapshotter", snapshotter)):
+		want["snapshotter"] = snapshotter
+		block, err := renderTable(path, want, "")
+		if err != nil {
+			return err
+		}
+		t.removeTables(path)
+		t.appendBlock(comment + "\n" + strings.TrimRight(block, "\n"))
+	}
+	platform := []string{"plugins", criImagesV3, "runtime_platforms", name}
+	if dig(doc, append(platform, "snapshotter")...) != snapshotter {
+		t.setKey(platform, "snapshotter", fmt.Sprintf("%q", snapshotter))
+	}
+	return nil
+}
+
+// withKey returns a copy of m with k set to v.
+func withKey(m map[string]any, k string, v any) map[string]any {
+	c := maps.Clone(m)
+	c[k] = v
+	return c
 }
 
 // renderTable writes m as the TOML table at path: its plain keys, then each

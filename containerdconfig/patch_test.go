@@ -196,3 +196,67 @@ func TestRuntimeHandlerBadNames(t *testing.T) {
 		}
 	}
 }
+
+// The common hand-written snippet sets only runc's options: a copy of it
+// must still name the runtime, and the handler must reach CRI's image
+// service, where containerd learns strata's filesystem for the kubelet.
+func TestRuntimeHandlerPartialRunc(t *testing.T) {
+	in := []byte(`version = 3
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+  SystemdCgroup = true
+`)
+	o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: "strata"}
+	out, _, err := Patch(in, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := decode(t, out)
+	h := []string{"plugins", criRuntimeV3, "containerd", "runtimes", "strata"}
+	if dig(doc, append(h, "runtime_type")...) != "io.containerd.runc.v2" || dig(doc, append(h, "options", "SystemdCgroup")...) != true {
+		t.Errorf("handler %v", dig(doc, h...))
+	}
+	if dig(doc, "plugins", criImagesV3, "runtime_platforms", "strata", "snapshotter") != "strata" {
+		t.Errorf("no runtime_platforms entry:\n%s", out)
+	}
+	if again, changed, err := Patch(out, o); err != nil || changed {
+		t.Errorf("second patch changed=%v err=%v:\n%s", changed, err, again)
+	}
+}
+
+// Default-snapshotter mode: strata is CRI's snapshotter and its handler the
+// default runtime; runc, which strata's own pod names, keeps overlayfs for
+// its containers and its pulls.
+func TestBootstrapHandler(t *testing.T) {
+	o := Options{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
+	in, out, changed := patchFile(t, "default-v4.toml", o)
+	if !changed {
+		t.Fatal("reported unchanged")
+	}
+	keptLines(t, in, out, "snapshotter", "default_runtime_name")
+	doc := decode(t, out)
+	checkRegistered(t, doc, "plugins", criImagesV3, "snapshotter")
+	base := []string{"plugins", criRuntimeV3, "containerd"}
+	if dig(doc, append(base, "default_runtime_name")...) != "strata" {
+		t.Errorf("default runtime %v", dig(doc, append(base, "default_runtime_name")...))
+	}
+	for name, want := range map[string]string{"strata": "strata", "runc": "overlayfs"} {
+		if got := dig(doc, append(base, "runtimes", name, "snapshotter")...); got != want {
+			t.Errorf("runtime %s snapshotter %v, want %s", name, got, want)
+		}
+		if got := dig(doc, "plugins", criImagesV3, "runtime_platforms", name, "snapshotter"); got != want {
+			t.Errorf("runtime_platforms.%s snapshotter %v, want %s", name, got, want)
+		}
+		if dig(doc, append(base, "runtimes", name, "runtime_type")...) != "io.containerd.runc.v2" {
+			t.Errorf("runtime %s: %v", name, dig(doc, append(base, "runtimes", name)...))
+		}
+	}
+	for _, bad := range []Options{
+		{Address: opts.Address, Root: opts.Root, RuntimeHandler: "strata", BootstrapHandler: "runc"},
+		{Address: opts.Address, Root: opts.Root, CRI: true, BootstrapHandler: "runc"},
+		{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "runc", BootstrapHandler: "runc"},
+	} {
+		if _, _, err := Patch(in, bad); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/strata-snapshotter/strata/snapshotter"
@@ -67,11 +68,28 @@ func (m *Metrics) observe(method string, start time.Time, err error) {
 	}
 }
 
+// ProbeKey is the gRPC metadata key /healthz's own call carries. Probe
+// calls are not counted: a kubelet probing every few seconds would
+// otherwise add a NotFound (the probe's Stat of a key that cannot exist)
+// to the error rate of every node.
+const ProbeKey = "strata-health-probe"
+
+// Probe marks ctx's outgoing call as a health probe.
+func Probe(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, ProbeKey, "1")
+}
+
+func isProbe(ctx context.Context) bool {
+	return len(metadata.ValueFromIncomingContext(ctx, ProbeKey)) > 0
+}
+
 // UnaryInterceptor counts and times unary calls.
 func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)
-	m.observe(info.FullMethod, start, err)
+	if !isProbe(ctx) {
+		m.observe(info.FullMethod, start, err)
+	}
 	return resp, err
 }
 
@@ -79,7 +97,9 @@ func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 func (m *Metrics) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
 	err := handler(srv, ss)
-	m.observe(info.FullMethod, start, err)
+	if !isProbe(ss.Context()) {
+		m.observe(info.FullMethod, start, err)
+	}
 	return err
 }
 

@@ -128,7 +128,7 @@ func TestConfigValidation(t *testing.T) {
 		{"address too long", `address = "/` + strings.Repeat("a", 120) + `"`, nil, "at most 107"},
 		{"unknown key", "root = \"/x\"\nrooot = \"/y\"\n", nil, "unknown key(s) rooot"},
 		{"unknown table key", "[extra]\nx = 1\n", nil, "unknown key(s) extra"},
-		{"metrics on the network", "", []string{"--metrics-address", "0.0.0.0:9477"}, "metrics listen only on a loopback address"},
+		{"metrics port missing", "", []string{"--metrics-address", "0.0.0.0:"}, "neither a unix socket path nor host:port"},
 		{"metrics address garbage", `metrics_address = "nine"`, nil, "metrics_address:"},
 		{"bad log level flag", "", []string{"--log-level", "loud"}, `log_level: "loud"`},
 		{"bad log level file", `log_level = "verbose"`, nil, `log_level: "verbose"`},

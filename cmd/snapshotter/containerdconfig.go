@@ -26,14 +26,15 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 	file := fl.String("file", "/etc/containerd/config.toml", "containerd's config file (a missing one starts as version 3)")
 	address := fl.String("address", defaultAddress, "strata's Snapshots socket")
 	root := fl.String("root", defaultRoot, "strata's root, exported for the kubelet's image filesystem accounting")
-	cri := fl.Bool("cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes)")
+	cri := fl.Bool("cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes' default-snapshotter mode)")
 	handler := fl.String("runtime-handler", "", "add a CRI runtime handler of this name, the default runtime with strata as its snapshotter (for a Kubernetes RuntimeClass)")
+	bootstrap := fl.String("bootstrap-handler", "", "with --cri and --runtime-handler: keep this CRI runtime handler (runc) on containerd's overlayfs for strata's own pod, and make --runtime-handler the default runtime")
 	write := fl.Bool("write", false, "replace the file instead of printing the result")
 	restart := fl.Bool("restart", false, "with --write: when the file changed, or containerd started before its last change, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back")
 	containerdAddress := fl.String("containerd-address", "/run/containerd/containerd.sock", "containerd's socket, for --restart")
 	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long --restart waits for containerd to stop and come back")
 	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: strata-snapshotter containerd-config [--file FILE] [--address SOCKET] [--root DIR] [--cri] [--runtime-handler NAME] [--write [--restart]]")
+		fmt.Fprintln(stderr, "usage: strata-snapshotter containerd-config [--file FILE] [--address SOCKET] [--root DIR] [--cri] [--runtime-handler NAME] [--bootstrap-handler NAME] [--write [--restart]]")
 		fl.PrintDefaults()
 	}
 	if _, code, ok := parseArgs(fl, args, 0); !ok {
@@ -59,7 +60,7 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 			mode = fi.Mode().Perm()
 		}
 	}
-	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: *address, Root: *root, CRI: *cri, RuntimeHandler: *handler})
+	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: *address, Root: *root, CRI: *cri, RuntimeHandler: *handler, BootstrapHandler: *bootstrap})
 	if err != nil {
 		return fail(fmt.Errorf("%s: %w", *file, err))
 	}
@@ -104,6 +105,11 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "containerd started %s, before the config's last change at %s\n",
 			started.UTC().Format(time.RFC3339), fi.ModTime().UTC().Format(time.RFC3339))
+	}
+	// Run as a pod's init step, containerd must first answer the kubelet's
+	// start of this very container.
+	if err := containerdproc.WaitStartAnswered(ctx, *containerdAddress, os.Getpid()); err != nil {
+		return fail(err)
 	}
 	restarted, err := containerdproc.Restart(ctx, *containerdAddress)
 	if err != nil {

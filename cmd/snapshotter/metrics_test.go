@@ -101,10 +101,21 @@ func TestMetricsMove(t *testing.T) {
 	if code, body := unixGet(t, socket, "/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz: %d %q", code, body)
 	}
-	// The health subcommand, the DaemonSet's probe, agrees.
+	// The health subcommand agrees.
 	var out, stderr strings.Builder
 	if code := run([]string{"health", "--metrics-address", socket}, &out, &stderr); code != 0 || out.String() != "ok\n" {
 		t.Fatalf("health: exit %d, %q %q", code, out.String(), stderr.String())
+	}
+	// Probes are not traffic: a kubelet probing every few seconds must not
+	// move the error rate an alert watches (the probe's Stat is NotFound).
+	_, text = unixGet(t, socket, "/metrics")
+	for sample, want := range map[string]float64{
+		`strata_grpc_errors_total{code="NotFound",method="Stat"}`: 1,
+		`strata_grpc_requests_total{method="Stat"}`:               1,
+	} {
+		if got := metric(t, text, sample); got != want {
+			t.Errorf("after two health probes: %s = %v, want %v", sample, got, want)
+		}
 	}
 	d.stop()
 	stderr.Reset()

@@ -157,7 +157,7 @@ func streamErrorsToGRPC(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo,
 }
 
 // listenMetrics listens on a unix socket (root only, like the others) or a
-// loopback TCP address.
+// TCP address.
 func listenMetrics(addr string) (net.Listener, error) {
 	if strings.HasPrefix(addr, "/") {
 		return listen(addr)
@@ -182,7 +182,7 @@ func healthCheck(sn snapshotter.Snapshotter, address string) func(context.Contex
 			return err
 		}
 		defer conn.Close()
-		_, err = snapshotsapi.NewSnapshotsClient(conn).Stat(ctx, &snapshotsapi.StatSnapshotRequest{Key: "\x00strata-health-check"})
+		_, err = snapshotsapi.NewSnapshotsClient(conn).Stat(metrics.Probe(ctx), &snapshotsapi.StatSnapshotRequest{Key: "\x00strata-health-check"})
 		if status.Code(err) != codes.NotFound {
 			return fmt.Errorf("snapshots socket %s: %v", address, err)
 		}
