@@ -11,9 +11,9 @@ import (
 	"time"
 )
 
-// runHealth asks the daemon's /healthz and exits 0 only on 200: the
-// DaemonSet's readiness and liveness probe (an exec probe, since metrics
-// listen only on a unix socket or loopback), and an operator's quick check.
+// runHealth asks the daemon's /healthz and exits 0 only on 200: an
+// operator's quick check, and a probe for service managers that run a
+// command (the DaemonSet's kubelet asks /healthz over HTTP itself).
 func runHealth(args []string, stdout, stderr io.Writer) int {
 	fl := flag.NewFlagSet("strata-snapshotter health", flag.ContinueOnError)
 	fl.SetOutput(stderr)

@@ -2,8 +2,9 @@ package kubernetes
 
 import (
 	"io/fs"
-	"reflect"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -152,7 +153,7 @@ func TestManifestsHangTogether(t *testing.T) {
 		t.Errorf("init step adds handler %q, RuntimeClass names %q", h, m.RuntimeClass.Handler)
 	}
 	// Every path the daemon uses is on a host volume it mounts.
-	for _, flag := range []string{"root", "address", "metrics-address"} {
+	for _, flag := range []string{"root", "address"} {
 		if p := arg(daemon.Args, flag); !underMount(daemon, p) {
 			t.Errorf("--%s=%s is not on a host volume", flag, p)
 		}
@@ -162,11 +163,24 @@ func TestManifestsHangTogether(t *testing.T) {
 			t.Errorf("init step --%s=%s is not on a host volume", flag, p)
 		}
 	}
-	// The probes ask the daemon's own metrics socket.
-	want := []string{"/usr/local/bin/strata-snapshotter", "health", "--metrics-address=" + arg(daemon.Args, "metrics-address")}
+	// Metrics listen on the pod's network at the port the pod declares,
+	// and the probes ask /healthz there.
+	_, port, err := net.SplitHostPort(arg(daemon.Args, "metrics-address"))
+	if err != nil {
+		t.Fatalf("--metrics-address: %v", err)
+	}
+	var declared string
+	for _, p := range daemon.Ports {
+		if p.Name == "metrics" {
+			declared = strconv.Itoa(int(p.ContainerPort))
+		}
+	}
+	if declared != port || m.DaemonSet.Spec.Template.Annotations["prometheus.io/port"] != port {
+		t.Errorf("metrics listen on port %s; the pod declares %q, its scrape annotation %q", port, declared, m.DaemonSet.Spec.Template.Annotations["prometheus.io/port"])
+	}
 	for name, p := range map[string]*corev1.Probe{"startup": daemon.StartupProbe, "readiness": daemon.ReadinessProbe, "liveness": daemon.LivenessProbe} {
-		if p == nil || p.Exec == nil || !reflect.DeepEqual(p.Exec.Command, want) {
-			t.Errorf("%s probe %+v, want exec %v", name, p, want)
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "metrics" {
+			t.Errorf("%s probe %+v, want GET /healthz on the metrics port", name, p)
 		}
 	}
 }
