@@ -33,13 +33,16 @@ test: vet
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzSnapshotsAPI -fuzztime $(FUZZTIME) ./cmd/snapshotter
 
-# strata under containerd, ctr, nerdctl, BuildKit and CRI. The first run
-# builds the tools (integration/tools/install.sh, about 7 minutes).
+# strata under containerd, ctr, nerdctl, BuildKit, CRI and a real
+# single-node Kubernetes. The first run builds the tools
+# (integration/tools/install.sh, about 7 minutes, and kubernetes.sh, about
+# 12).
 integration: tools
 	$(GO) test -count=1 -timeout 45m ./integration/
 
 tools:
 	integration/tools/install.sh >/dev/null
+	integration/tools/kubernetes.sh >/dev/null
 
 # The fast subset: skips containerd's suites, the 500-layer chain and the
 # integration tests.

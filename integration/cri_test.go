@@ -5,8 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/moby/sys/mountinfo"
 )
 
 // TestKubernetesCRI drives containerd's CRI plugin, configured with strata as
@@ -42,7 +40,8 @@ func TestKubernetesCRI(t *testing.T) {
 	e.crictl("start", cid)
 
 	// The container's root filesystem: an overlay on strata's layers.
-	for _, l := range rootLowerDirs(t, cid) {
+	lower, _ := rootOverlay(t, cid)
+	for _, l := range lower {
 		if !strings.HasPrefix(l, e.StrataRoot+"/") {
 			t.Errorf("lower directory %s is not under strata's root %s", l, e.StrataRoot)
 		}
@@ -70,26 +69,4 @@ func TestKubernetesCRI(t *testing.T) {
 	if ps := e.crictl("ps", "-a", "-q"); strings.TrimSpace(ps) != "" {
 		t.Fatalf("containers left: %q", ps)
 	}
-}
-
-// rootLowerDirs returns the lower directories of container cid's root
-// filesystem, the one overlay mount whose mount point names it.
-func rootLowerDirs(t *testing.T, cid string) []string {
-	t.Helper()
-	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
-		return !(i.FSType == "overlay" && strings.Contains(i.Mountpoint, cid)), false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(mounts) != 1 {
-		t.Fatalf("want one overlay mount for container %s, found %d", cid, len(mounts))
-	}
-	for _, o := range strings.Split(mounts[0].VFSOptions, ",") {
-		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
-			return strings.Split(v, ":")
-		}
-	}
-	t.Fatalf("no lowerdir in the container's root mount: %s", mounts[0].VFSOptions)
-	return nil
 }

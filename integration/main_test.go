@@ -54,8 +54,12 @@ func mainWithCleanup(m *testing.M) int {
 	}
 	defer os.RemoveAll(work)
 
-	if toolsBin, err = installTools(); err != nil {
+	if toolsBin, err = installTools("./tools/install.sh"); err != nil {
 		fmt.Fprintln(os.Stderr, "install tools:", err)
+		return 1
+	}
+	if kubeBin, err = installTools("./tools/kubernetes.sh"); err != nil {
+		fmt.Fprintln(os.Stderr, "install kubernetes:", err)
 		return 1
 	}
 	strataBinary = filepath.Join(work, "strata-snapshotter")
@@ -76,10 +80,10 @@ func mainWithCleanup(m *testing.M) int {
 	return m.Run()
 }
 
-// installTools runs tools/install.sh, which builds the pinned tools once and
-// prints their directory.
-func installTools() (string, error) {
-	cmd := exec.Command("./tools/install.sh")
+// installTools runs an installer under tools/, which builds the pinned tools
+// once and prints their directory.
+func installTools(script string) (string, error) {
+	cmd := exec.Command(script)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {

@@ -74,7 +74,15 @@ fetch_module "k8s.io/kubernetes@$KUBERNETES_VERSION" "$work/kubernetes"
 		esac
 	done
 	go mod edit "${edits[@]}"
-	go build -trimpath -o "$bin/" ./cmd/kube-apiserver ./cmd/kube-controller-manager \
+	# The version the binaries report (nodes, kubectl version, skew checks),
+	# as Kubernetes' own release build stamps it.
+	minor="${KUBERNETES_VERSION#v1.}"
+	minor="${minor%%.*}"
+	ldflags=""
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		ldflags="$ldflags -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+	done
+	go build -trimpath -ldflags "$ldflags" -o "$bin/" ./cmd/kube-apiserver ./cmd/kube-controller-manager \
 		./cmd/kube-scheduler ./cmd/kubelet ./cmd/kubectl
 ) >&2
 

@@ -1,0 +1,391 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+
+	"github.com/strata-snapshotter/strata/deploy/kubernetes"
+)
+
+// TestKubernetesNode installs strata on a real single-node cluster with
+// kubectl apply -k, exactly as the README tells a user, first in the
+// RuntimeClass mode and then switching the node to the default-snapshotter
+// mode, and checks what a cluster operator sees: the DaemonSet becomes
+// Ready, containerd is restarted once per configuration change and never by
+// a rolling update, pods that were running keep running, pods on strata run
+// from strata's root with logs, exec, metrics and the kubelet's stats
+// working, deleting a pod removes its snapshots from strata, and in the
+// default-snapshotter mode the kubelet accounts and evicts strata pods by
+// their writable layers and its image garbage collection removes an image's
+// layers from strata.
+func TestKubernetesNode(t *testing.T) {
+	c := newCluster(t)
+	m, err := kubernetes.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// strata's image as make image builds it, under the name the manifests
+	// use. There is no registry to pull it from again, so it is pinned
+	// against the kubelet's (eager) image garbage collection.
+	img := m.Kustomization.Images[0]
+	image := "docker.io/library/" + img.NewName + ":" + img.NewTag
+	archive := filepath.Join(c.dir, "strata.oci.tar")
+	if out, err := c.e.combined("make", "-C", "..", "image", "GO_FROM_HOST=1", "IMAGE_OUTPUT=type=oci,dest="+archive+",name="+image); err != nil {
+		t.Fatalf("make image: %v\n%s", err, out)
+	}
+	ctr := func(args ...string) string {
+		return c.e.run(append([]string{filepath.Join(toolsBin, "ctr"), "--address", hostContainerdSock, "--namespace", "k8s.io"}, args...)...)
+	}
+	ctr("images", "import", archive)
+	ctr("images", "label", image, "io.cri-containerd.pinned=pinned")
+
+	// A pod that runs before strata arrives, on containerd's overlayfs.
+	c.applyPod(podSpec{name: "bystander", image: imgThreeLayers, script: "exec sleep 3600"})
+	bystander := c.waitRunning("bystander")
+
+	// RuntimeClass mode: kubectl apply -k deploy/kubernetes.
+	c.kubectl("apply", "-k", "../deploy/kubernetes")
+	c.waitDaemonSet()
+	// The init step restarted containerd exactly once (run 2), and the
+	// kubelet's start of it was answered first.
+	c.sup.waitStart(t, 2, time.Minute)
+	c.noContainerdRestart("after the first install")
+	c.noFailedEvents()
+	c.stillRunning(bystander)
+	strataPod := c.strataPod()
+
+	// A pod on strata's RuntimeClass: its root is strata's.
+	c.applyPod(podSpec{name: "on-strata", runtimeClass: m.RuntimeClass.Name, image: imgThreeLayers,
+		script: "echo started on strata; busybox dd if=/dev/zero of=/written bs=1M count=8 2>/dev/null; exec sleep 3600"})
+	onStrata := c.waitRunning("on-strata")
+	lower, upper := rootOverlay(t, onStrata.containerID)
+	c.underStrata("on-strata", lower, upper)
+	if out := c.kubectl("logs", "on-strata"); out != "started on strata\n" {
+		t.Errorf("kubectl logs printed %q", out)
+	}
+	if out := c.kubectl("exec", "on-strata", "--", "cat", "/l3"); out != "layer 3\n" {
+		t.Errorf("kubectl exec printed %q", out)
+	}
+	// The kubelet's stats answer while a strata pod runs (containerd learns
+	// strata's filesystem from the handler's runtime_platforms entry). In
+	// this mode containerd collects no writable-layer usage for strata: the
+	// README says so; the default-snapshotter mode below has it.
+	eventually(t, time.Minute, func() (bool, string) {
+		_, ok, why := c.podStats("on-strata")
+		return ok, why
+	})
+
+	// The cluster's Prometheus reaches strata's metrics on its pod's
+	// network, and health probes do not count as errors.
+	metrics := c.kubectl("exec", "bystander", "--", "busybox", "wget", "-qO-", fmt.Sprintf("http://%s:9090/metrics", strataPod.podIP))
+	if !strings.Contains(metrics, "strata_build_info{") {
+		t.Errorf("strata's metrics from another pod:\n%s", metrics)
+	}
+	if strings.Contains(metrics, `strata_grpc_errors_total{code="NotFound",method="Stat"}`) {
+		t.Errorf("health probes counted as errors:\n%s", metrics)
+	}
+
+	// Deleting the pod removes its snapshot from strata.
+	c.kubectl("delete", "pod", "on-strata", "--wait")
+	eventually(t, 2*time.Minute, func() (bool, string) {
+		_, err := os.Stat(upper)
+		return os.IsNotExist(err), fmt.Sprintf("the deleted pod's upper directory %s: %v", upper, err)
+	})
+
+	// A rolling update restarts neither containerd nor any pod.
+	c.applyPod(podSpec{name: "steady", runtimeClass: m.RuntimeClass.Name, image: imgThreeLayers, script: "exec sleep 3600"})
+	steady := c.waitRunning("steady")
+	c.kubectl("-n", m.DaemonSet.Namespace, "rollout", "restart", "ds/"+m.DaemonSet.Name)
+	c.waitDaemonSet()
+	if c.strataPod().name == strataPod.name {
+		t.Fatal("the rolling update did not replace strata's pod")
+	}
+	c.noContainerdRestart("by a rolling update")
+	c.stillRunning(bystander)
+	c.stillRunning(steady)
+	if out := c.kubectl("exec", "steady", "--", "cat", "/l2"); out != "layer 2\n" {
+		t.Errorf("after the update, kubectl exec printed %q", out)
+	}
+
+	// Default-snapshotter mode: the same node, switched with the variant.
+	c.kubectl("apply", "-k", "../deploy/kubernetes/default-snapshotter")
+	c.waitDaemonSet()
+	c.sup.waitStart(t, 3, 2*time.Minute) // the config changed: one restart
+	c.noContainerdRestart("after switching to the default-snapshotter mode")
+	c.noFailedEvents()
+	c.stillRunning(bystander)
+	c.stillRunning(steady)
+	// strata's own pod stays on overlayfs.
+	own := c.strataPod()
+	ownLower, _ := rootOverlay(t, own.containerID)
+	if strings.HasPrefix(ownLower[0], hostStrataRoot+"/") {
+		t.Errorf("strata's own pod runs from strata's root: %v", ownLower)
+	}
+
+	// A pod that names no RuntimeClass runs on strata, its image pulled
+	// into strata, and the kubelet sees its writable layer.
+	c.applyPod(podSpec{name: "on-default", image: imgSharedA,
+		script: "busybox dd if=/dev/zero of=/written bs=1M count=8 2>/dev/null; exec sleep 3600"})
+	onDefault := c.waitRunning("on-default")
+	lower, upper = rootOverlay(t, onDefault.containerID)
+	c.underStrata("on-default", lower, upper)
+	eventually(t, 2*time.Minute, func() (bool, string) {
+		used, ok, why := c.podStats("on-default")
+		if !ok {
+			return false, why
+		}
+		return used >= 8<<20, fmt.Sprintf("the kubelet reports %d bytes in on-default's writable layer, want at least 8 MiB", used)
+	})
+	// ... and evicts a pod whose writable layer passes its limit.
+	c.applyPod(podSpec{name: "over-limit", image: imgSharedA, ephemeralLimit: "4Mi",
+		script: "busybox dd if=/dev/zero of=/written bs=1M count=8 2>/dev/null; exec sleep 3600"})
+	eventually(t, 3*time.Minute, func() (bool, string) {
+		var p struct {
+			Status struct{ Phase, Reason string }
+		}
+		c.get(&p, "pod", "over-limit")
+		return p.Status.Phase == "Failed" && p.Status.Reason == "Evicted", "over-limit is " + p.Status.Phase + " " + p.Status.Reason
+	})
+
+	// The kubelet's image garbage collection (a pass every 5 minutes)
+	// removes the image's layers from strata once no pod uses it. The
+	// bottom layer is the sandbox image's too, which stays.
+	c.kubectl("delete", "pod", "on-default", "over-limit", "--wait")
+	gone := lower[:len(lower)-1]
+	eventually(t, 7*time.Minute, func() (bool, string) {
+		for _, d := range gone {
+			if _, err := os.Stat(d); err == nil {
+				return false, "layer " + d + " of the unused image is still in strata"
+			}
+		}
+		return true, ""
+	})
+	c.stillRunning(bystander)
+	c.stillRunning(steady)
+}
+
+// podSpec is a test pod in the default namespace.
+type podSpec struct {
+	name, runtimeClass, image, script string
+	ephemeralLimit                    string
+}
+
+func (c *cluster) applyPod(p podSpec) {
+	c.t.Helper()
+	var extra, limits string
+	if p.runtimeClass != "" {
+		extra = "\n  runtimeClassName: " + p.runtimeClass
+	}
+	if p.ephemeralLimit != "" {
+		limits = fmt.Sprintf("\n    resources:\n      limits:\n        ephemeral-storage: %s", p.ephemeralLimit)
+	}
+	file := filepath.Join(c.dir, p.name+".yaml")
+	yaml := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  namespace: default
+spec:
+  terminationGracePeriodSeconds: 1
+  automountServiceAccountToken: false%s
+  containers:
+  - name: main
+    image: %s
+    command: ["/bin/sh", "-c", %q]%s
+`, p.name, extra, p.image, p.script, limits)
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	c.kubectl("apply", "-f", file)
+}
+
+// runningPod is what the test remembers of a running pod, to tell later
+// that it kept running: the same container, never restarted.
+type runningPod struct {
+	namespace, name, containerID, podIP string
+}
+
+type podJSON struct {
+	Metadata struct{ Name, Namespace string }
+	Status   struct {
+		Phase             string
+		PodIP             string `json:"podIP"`
+		ContainerStatuses []struct {
+			Name         string
+			ContainerID  string `json:"containerID"`
+			RestartCount int    `json:"restartCount"`
+			Ready        bool
+			State        struct {
+				Running *struct{} `json:"running"`
+			}
+		} `json:"containerStatuses"`
+	}
+}
+
+// waitRunning waits until the default namespace's pod name runs.
+func (c *cluster) waitRunning(name string) runningPod {
+	c.t.Helper()
+	c.kubectl("wait", "--for=condition=Ready", "pod/"+name, "--timeout=3m")
+	var p podJSON
+	c.get(&p, "pod", name)
+	return c.remember(p)
+}
+
+func (c *cluster) remember(p podJSON) runningPod {
+	c.t.Helper()
+	if len(p.Status.ContainerStatuses) == 0 {
+		c.t.Fatalf("pod %s has no container status", p.Metadata.Name)
+	}
+	id := p.Status.ContainerStatuses[len(p.Status.ContainerStatuses)-1].ContainerID
+	return runningPod{p.Metadata.Namespace, p.Metadata.Name, strings.TrimPrefix(id, "containerd://"), p.Status.PodIP}
+}
+
+// stillRunning fails unless the pod runs the same containers, never
+// restarted.
+func (c *cluster) stillRunning(r runningPod) {
+	c.t.Helper()
+	var p podJSON
+	c.get(&p, "-n", r.namespace, "pod", r.name)
+	for _, s := range p.Status.ContainerStatuses {
+		if s.RestartCount != 0 || s.State.Running == nil || strings.TrimPrefix(s.ContainerID, "containerd://") != r.containerID {
+			c.t.Errorf("pod %s did not keep running: container %s restarts %d, running %v (was %s)",
+				r.name, s.ContainerID, s.RestartCount, s.State.Running != nil, r.containerID)
+		}
+	}
+}
+
+// waitDaemonSet waits until strata's DaemonSet has rolled out and is Ready.
+func (c *cluster) waitDaemonSet() {
+	c.t.Helper()
+	c.kubectl("-n", "strata-system", "rollout", "status", "ds/strata-snapshotter", "--timeout=5m")
+	var ds struct {
+		Status struct {
+			NumberReady            int `json:"numberReady"`
+			DesiredNumberScheduled int `json:"desiredNumberScheduled"`
+		}
+	}
+	c.get(&ds, "-n", "strata-system", "ds/strata-snapshotter")
+	if ds.Status.NumberReady != 1 || ds.Status.DesiredNumberScheduled != 1 {
+		c.t.Fatalf("DaemonSet: %d of %d ready", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
+	}
+}
+
+// strataPod returns strata's running pod.
+func (c *cluster) strataPod() runningPod {
+	c.t.Helper()
+	var list struct{ Items []podJSON }
+	c.get(&list, "-n", "strata-system", "pods", "-l", "app.kubernetes.io/name=strata-snapshotter", "--field-selector=status.phase=Running")
+	if len(list.Items) != 1 {
+		c.t.Fatalf("%d strata pods running, want 1", len(list.Items))
+	}
+	return c.remember(list.Items[0])
+}
+
+// noContainerdRestart fails if containerd booted again since the last
+// expected start.
+func (c *cluster) noContainerdRestart(when string) {
+	c.t.Helper()
+	select {
+	case n := <-c.sup.started:
+		c.t.Fatalf("containerd was restarted (run %d) %s", n, when)
+	default:
+	}
+}
+
+// noFailedEvents fails on a Failed event for strata's pods: a container
+// start the kubelet saw fail (containerd restarted before it answered).
+func (c *cluster) noFailedEvents() {
+	c.t.Helper()
+	var events struct {
+		Items []struct {
+			Type, Reason, Message string
+			InvolvedObject        struct{ Name string } `json:"involvedObject"`
+		}
+	}
+	c.get(&events, "-n", "strata-system", "events")
+	for _, e := range events.Items {
+		if e.Type == "Warning" && e.Reason == "Failed" {
+			c.t.Errorf("event on %s: %s %s: %s", e.InvolvedObject.Name, e.Type, e.Reason, e.Message)
+		}
+	}
+}
+
+// underStrata fails unless a pod's root has its lower and upper directories
+// under strata's root.
+func (c *cluster) underStrata(pod string, lower []string, upper string) {
+	c.t.Helper()
+	for _, d := range append(lower, upper) {
+		if !strings.HasPrefix(d, hostStrataRoot+"/") {
+			c.t.Errorf("pod %s's root directory %s is not under strata's root %s", pod, d, hostStrataRoot)
+		}
+	}
+}
+
+// podStats asks the kubelet's /stats/summary, which must answer 200, and
+// returns the bytes used by the pod's container's writable layer; ok is
+// false, with the reason, until the summary lists that container's root
+// filesystem.
+func (c *cluster) podStats(pod string) (used uint64, ok bool, why string) {
+	c.t.Helper()
+	code, body := c.kubeletGet("/stats/summary")
+	if code != 200 {
+		c.t.Fatalf("/stats/summary: %d %s", code, body)
+	}
+	var s struct {
+		Pods []struct {
+			PodRef     struct{ Name string } `json:"podRef"`
+			Containers []struct {
+				Rootfs *struct {
+					UsedBytes *uint64 `json:"usedBytes"`
+				} `json:"rootfs"`
+			}
+		}
+	}
+	if err := json.Unmarshal(body, &s); err != nil {
+		c.t.Fatalf("/stats/summary: %v", err)
+	}
+	for _, p := range s.Pods {
+		if p.PodRef.Name == pod && len(p.Containers) == 1 && p.Containers[0].Rootfs != nil {
+			if u := p.Containers[0].Rootfs.UsedBytes; u != nil {
+				return *u, true, ""
+			}
+			return 0, true, ""
+		}
+	}
+	return 0, false, "/stats/summary lists no root filesystem for pod " + pod
+}
+
+// rootOverlay returns the lower directories (top first) and the upper
+// directory of the overlay mount that is container cid's root.
+func rootOverlay(t *testing.T, cid string) (lower []string, upper string) {
+	t.Helper()
+	mounts, err := mountinfo.GetMounts(func(i *mountinfo.Info) (skip, stop bool) {
+		return !(i.FSType == "overlay" && strings.Contains(i.Mountpoint, cid)), false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mounts) != 1 {
+		t.Fatalf("want one overlay mount for container %s, found %d", cid, len(mounts))
+	}
+	for _, o := range strings.Split(mounts[0].VFSOptions, ",") {
+		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
+			lower = strings.Split(v, ":")
+		}
+		if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+			upper = v
+		}
+	}
+	if len(lower) == 0 || upper == "" {
+		t.Fatalf("container %s's root mount: %s", cid, mounts[0].VFSOptions)
+	}
+	return lower, upper
+}
