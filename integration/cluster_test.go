@@ -42,7 +42,6 @@ const (
 	hostContainerdCfg   = "/etc/containerd/config.toml"
 	hostContainerdSock  = "/run/containerd/containerd.sock"
 	clusterNode         = "strata-node"
-	clusterNodeLink     = "strata-node0"
 	clusterNodeIP       = "10.254.0.1"
 	clusterBridge       = "strata-cni0"
 	clusterPodSubnet    = "10.254.1.0/24"
@@ -61,7 +60,8 @@ type cluster struct {
 	sup        *supervisor
 	control    []*proc // etcd, API server, controller manager, scheduler
 	kubelet    *proc
-	cfgBackup  []byte // the host's containerd config before the test, if any
+	cfgBackup  []byte   // the host's containerd config before the test, if any
+	madeDirs   []string // host directories the test created
 }
 
 // newCluster starts a node: containerd with CRI on overlayfs and nothing
@@ -98,7 +98,12 @@ func newCluster(t *testing.T) *cluster {
 	}
 	c.startControlPlane()
 	c.startKubelet()
-	c.kubectl("wait", "--for=condition=Ready", "node/"+clusterNode, "--timeout=3m")
+	// The node object appears when the kubelet registers it; kubectl wait
+	// fails on an object that does not exist yet.
+	eventually(t, 3*time.Minute, func() (bool, string) {
+		out, err := c.try("get", "node", clusterNode, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		return err == nil && out == "True", fmt.Sprintf("node Ready: %q %v", out, err)
+	})
 	return c
 }
 
@@ -126,6 +131,9 @@ func (c *cluster) prepareHost() {
 		c.cfgBackup = b
 	}
 	for _, d := range []string{hostStrataRoot, hostStrataRun, filepath.Dir(hostContainerdCfg), filepath.Dir(hostContainerdSock)} {
+		if _, err := os.Stat(d); os.IsNotExist(err) {
+			c.madeDirs = append(c.madeDirs, d)
+		}
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -136,9 +144,9 @@ func (c *cluster) prepareHost() {
 	if err := unix.Mount("", hostStrataRoot, "", unix.MS_SHARED, ""); err != nil {
 		t.Fatal(err)
 	}
-	c.e.run("ip", "link", "add", clusterNodeLink, "type", "dummy")
-	c.e.run("ip", "addr", "add", clusterNodeIP+"/32", "dev", clusterNodeLink)
-	c.e.run("ip", "link", "set", clusterNodeLink, "up")
+	// On lo, which every machine has: the kubelet refuses a loopback
+	// address, not an address on the loopback interface.
+	c.e.run("ip", "addr", "add", clusterNodeIP+"/32", "dev", "lo")
 	cni := filepath.Join(c.dir, "cni")
 	if err := os.MkdirAll(cni, 0o755); err != nil {
 		t.Fatal(err)
@@ -199,6 +207,7 @@ func (c *cluster) startControlPlane() {
 		"--kubelet-client-certificate", pki("admin.crt"), "--kubelet-client-key", pki("admin.key"),
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", pki("sa.pub"), "--service-account-signing-key-file", pki("sa.key"),
+		"--kubelet-preferred-address-types", "InternalIP",
 		"--authorization-mode", "Node,RBAC", "--allow-privileged=true")
 	eventually(t, 2*time.Minute, func() (bool, string) {
 		out, err := c.try("get", "--raw", "/readyz")
@@ -242,9 +251,11 @@ current-context: strata-test
 
 // startKubelet runs the kubelet as on a node of this machine's kind:
 // cgroup v1 with the cgroupfs driver, the node's containerd, a node
-// address of its own. Image garbage collection is eager (any unused image
-// is removed on each 5-minute pass) so the test sees it work; the images
-// the test imports rather than pulls are pinned.
+// address of its own. Image garbage collection is eager so the test sees it
+// work: each 5-minute pass removes the images no container has used for a
+// minute (imageMaximumGCAge; the disk-usage thresholds would first make a
+// new image wait for a pass that saw it). The images the test imports
+// rather than pulls are pinned.
 func (c *cluster) startKubelet() {
 	t := c.t
 	port, err := freePortErr()
@@ -277,9 +288,8 @@ authorization:
   mode: AlwaysAllow
 podLogsDir: %s
 failSwapOn: false
-imageMinimumGCAge: 0s
-imageGCHighThresholdPercent: 1
-imageGCLowThresholdPercent: 0
+imageMinimumGCAge: 1s
+imageMaximumGCAge: 1m
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 1%%
@@ -357,9 +367,11 @@ func (c *cluster) teardown() {
 	} else {
 		os.Remove(hostContainerdCfg)
 	}
-	for _, link := range []string{clusterNodeLink, clusterBridge} {
-		exec.Command("ip", "link", "del", link).Run()
+	for _, d := range c.madeDirs {
+		os.Remove(d) // only if empty: containerd's state may hold more
 	}
+	exec.Command("ip", "addr", "del", clusterNodeIP+"/32", "dev", "lo").Run()
+	exec.Command("ip", "link", "del", clusterBridge).Run()
 	removeCgroups("kubepods")
 }
 

@@ -476,6 +476,17 @@ func (e *Env) teardown() {
 	unmountUnder(e.t, e.Dir)
 	if e.t.Failed() {
 		logs, _ := filepath.Glob(filepath.Join(e.Dir, "*.log"))
+		// STRATA_TEST_LOGS keeps a failed test's whole logs, for CI to save.
+		if keep := os.Getenv("STRATA_TEST_LOGS"); keep != "" {
+			dst := filepath.Join(keep, strings.ReplaceAll(e.t.Name(), "/", "_"))
+			if err := os.MkdirAll(dst, 0o755); err == nil {
+				for _, name := range logs {
+					if b, err := os.ReadFile(name); err == nil {
+						os.WriteFile(filepath.Join(dst, filepath.Base(name)), b, 0o644)
+					}
+				}
+			}
+		}
 		for _, name := range logs {
 			if b, err := os.ReadFile(name); err == nil {
 				lines := strings.Split(string(b), "\n")

@@ -123,12 +123,19 @@ func TestKubernetesNode(t *testing.T) {
 	c.noFailedEvents()
 	c.stillRunning(bystander)
 	c.stillRunning(steady)
-	// strata's own pod stays on overlayfs.
+	// strata's own pod stays on overlayfs, so it restarts while strata is
+	// down: a rolling update, with every other pod's snapshotter strata.
 	own := c.strataPod()
 	ownLower, _ := rootOverlay(t, own.containerID)
 	if strings.HasPrefix(ownLower[0], hostStrataRoot+"/") {
 		t.Errorf("strata's own pod runs from strata's root: %v", ownLower)
 	}
+	c.kubectl("-n", m.DaemonSet.Namespace, "rollout", "restart", "ds/"+m.DaemonSet.Name)
+	c.waitDaemonSet()
+	if c.strataPod().name == own.name {
+		t.Fatal("the rolling update did not replace strata's pod")
+	}
+	c.noContainerdRestart("by a rolling update in the default-snapshotter mode")
 
 	// A pod that names no RuntimeClass runs on strata, its image pulled
 	// into strata, and the kubelet sees its writable layer.
@@ -155,12 +162,14 @@ func TestKubernetesNode(t *testing.T) {
 		return p.Status.Phase == "Failed" && p.Status.Reason == "Evicted", "over-limit is " + p.Status.Phase + " " + p.Status.Reason
 	})
 
-	// The kubelet's image garbage collection (a pass every 5 minutes)
-	// removes the image's layers from strata once no pod uses it. The
-	// bottom layer is the sandbox image's too, which stays.
+	// The kubelet's image garbage collection removes the image, and with it
+	// its layers from strata, once no pod has used it for imageMaximumGCAge;
+	// it passes every 5 minutes from the kubelet's start, so this waits for
+	// the next pass, or the one after if this one comes within the minute.
+	// The bottom layer is the sandbox image's too, which stays.
 	c.kubectl("delete", "pod", "on-default", "over-limit", "--wait")
 	gone := lower[:len(lower)-1]
-	eventually(t, 7*time.Minute, func() (bool, string) {
+	eventually(t, 11*time.Minute, func() (bool, string) {
 		for _, d := range gone {
 			if _, err := os.Stat(d); err == nil {
 				return false, "layer " + d + " of the unused image is still in strata"

@@ -1,5 +1,7 @@
 // Package kubernetes holds strata's Kubernetes manifests (the YAML files
-// next to this one, applied with kubectl apply -k) and decodes them strictly
+// under base/, applied with kubectl apply -k through one of the two node
+// modes' kustomizations: deploy/kubernetes or its default-snapshotter
+// directory) and decodes them strictly
 // into the Kubernetes API's own types: a field the API does not know, a
 // duplicate key or a wrong type is an error, not something the API server
 // would silently drop. The tests check the manifests hang together; the
@@ -21,8 +23,18 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-//go:embed *.yaml
-var files embed.FS
+//go:embed base/*.yaml
+var embedded embed.FS
+
+// files is the base every variant builds on (deploy/kubernetes for the
+// RuntimeClass mode, deploy/kubernetes/default-snapshotter).
+var files = func() fs.FS {
+	sub, err := fs.Sub(embedded, "base")
+	if err != nil {
+		panic(err)
+	}
+	return sub
+}()
 
 // Kustomization is the part of kustomize's kustomization.yaml these
 // manifests use; anything else in the file is refused.
