@@ -36,7 +36,8 @@ func TestContainerdConfigWrite(t *testing.T) {
 // --restart without a containerd listening writes the file and leaves it at
 // that; a second run restarts nothing (it is what a DaemonSet's init step
 // does on every strata upgrade). The restart itself is exercised against a
-// real containerd in integration/daemonset_test.go.
+// real containerd by TestKubernetesNode (integration/kubernetes_test.go),
+// where a real kubelet runs the DaemonSet.
 func TestContainerdConfigRestart(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "config.toml")
@@ -103,5 +104,28 @@ func TestContainerdConfigRestartsStaleContainerd(t *testing.T) {
 	}
 	if code := d.wait(); code != 0 {
 		t.Fatalf("the listener exited %d on SIGTERM, want 0", code)
+	}
+}
+
+// TestContainerdConfigDefaultSnapshotter: the default-snapshotter mode's
+// flags reach the patch, and a bootstrap handler without --cri is refused
+// before anything is written.
+func TestContainerdConfigDefaultSnapshotter(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "config.toml")
+	var stderr strings.Builder
+	if code := run([]string{"containerd-config", "--file", file, "--runtime-handler", "strata", "--bootstrap-handler", "runc", "--write"}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "bootstrap") {
+		t.Fatalf("--bootstrap-handler without --cri: exit %d, %q", code, stderr.String())
+	}
+	if _, err := os.Stat(file); !os.IsNotExist(err) {
+		t.Fatalf("a refused run wrote the file: %v", err)
+	}
+	if code := run([]string{"containerd-config", "--file", file, "--cri", "--runtime-handler", "strata", "--bootstrap-handler", "runc", "--write"}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	b, _ := os.ReadFile(file)
+	for _, want := range []string{`default_runtime_name = "strata"`, `runtime_platforms.runc]`, `snapshotter = "overlayfs"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("written config lacks %s:\n%s", want, b)
+		}
 	}
 }
