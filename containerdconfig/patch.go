@@ -125,7 +125,50 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	out := []byte(strings.Join(t.lines, "\n"))
+	if err := check(out, version, o); err != nil {
+		return nil, false, err
+	}
 	return out, string(out) != string(in), nil
+}
+
+// check decodes the patched file and checks it says what was asked. The
+// edits work on tables written as [headers]; a key the file sets another
+// way (dotted keys, an inline table) would leave the file invalid or
+// unchanged, and containerd would then fail to start or ignore strata:
+// refuse, before anything is written.
+func check(out []byte, version int64, o Options) error {
+	var doc map[string]any
+	if err := toml.Unmarshal(out, &doc); err != nil {
+		return fmt.Errorf("the patched file would not parse (%v): the file sets a key strata edits in a form this tool does not edit (dotted keys or an inline table); register strata by hand", err)
+	}
+	runtimes := []string{"plugins", criRuntimeV3, "containerd"}
+	cri := []string{"plugins", criImagesV3, "snapshotter"}
+	if version == 2 {
+		runtimes = []string{"plugins", criV2, "containerd"}
+		cri = []string{"plugins", criV2, "containerd", "snapshotter"}
+	}
+	type setting struct {
+		path  []string
+		value string
+	}
+	want := []setting{{[]string{"proxy_plugins", "strata", "address"}, o.Address}}
+	if o.CRI {
+		want = append(want, setting{cri, "strata"})
+	}
+	if o.RuntimeHandler != "" {
+		want = append(want, setting{append(slices.Clone(runtimes), "runtimes", o.RuntimeHandler, "snapshotter"), "strata"})
+	}
+	if o.BootstrapHandler != "" {
+		want = append(want,
+			setting{append(slices.Clone(runtimes), "runtimes", o.BootstrapHandler, "snapshotter"), builtinSnapshotter},
+			setting{append(slices.Clone(runtimes), "default_runtime_name"), o.RuntimeHandler})
+	}
+	for _, w := range want {
+		if got := dig(doc, w.path...); got != w.value {
+			return fmt.Errorf("the patched file sets %s to %v, not %q: the file sets it in a form this tool does not edit (dotted keys or an inline table); register strata by hand", strings.Join(w.path, "."), got, w.value)
+		}
+	}
+	return nil
 }
 
 // patchRuntimes adds strata's runtime handler and, in default-snapshotter

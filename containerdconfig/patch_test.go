@@ -260,3 +260,16 @@ func TestBootstrapHandler(t *testing.T) {
 		}
 	}
 }
+
+// A file that sets what strata edits in a form the text edits do not reach
+// (an inline table here) is refused, not left invalid or unchanged.
+func TestUneditableFormRefused(t *testing.T) {
+	in := []byte(`version = 3
+[plugins."io.containerd.cri.v1.runtime".containerd]
+  runtimes = { runc = { runtime_type = "io.containerd.runc.v2" } }
+`)
+	o := Options{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
+	if out, _, err := Patch(in, o); err == nil || !strings.Contains(err.Error(), "by hand") {
+		t.Fatalf("err %v; patched:\n%s", err, out)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,6 +50,10 @@ const (
 	clusterServiceRange = "10.254.2.0/24"
 )
 
+// podLogLinks is where the kubelet links every container's log, whatever
+// its podLogsDir.
+const podLogLinks = "/var/log/containers"
+
 // kubeBin holds etcd and the Kubernetes binaries (tools/kubernetes.sh).
 var kubeBin string
 
@@ -60,8 +65,16 @@ type cluster struct {
 	sup        *supervisor
 	control    []*proc // etcd, API server, controller manager, scheduler
 	kubelet    *proc
-	cfgBackup  []byte   // the host's containerd config before the test, if any
-	madeDirs   []string // host directories the test created
+	cfgBackup  []byte            // the host's containerd config before the test, if any
+	madeDirs   []string          // host directories the test created
+	sysctls    map[string][]byte // kernel settings the kubelet and CNI change
+}
+
+// changedSysctls are the kernel settings the kubelet (protectKernelDefaults
+// off) and the bridge CNI plugin set, restored after the test.
+var changedSysctls = []string{
+	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward",
 }
 
 // newCluster starts a node: containerd with CRI on overlayfs and nothing
@@ -130,7 +143,13 @@ func (c *cluster) prepareHost() {
 	if b, err := os.ReadFile(hostContainerdCfg); err == nil {
 		c.cfgBackup = b
 	}
-	for _, d := range []string{hostStrataRoot, hostStrataRun, filepath.Dir(hostContainerdCfg), filepath.Dir(hostContainerdSock)} {
+	c.sysctls = map[string][]byte{}
+	for _, k := range changedSysctls {
+		if b, err := os.ReadFile("/proc/sys/" + k); err == nil {
+			c.sysctls[k] = b
+		}
+	}
+	for _, d := range []string{hostStrataRoot, hostStrataRun, filepath.Dir(hostContainerdCfg), filepath.Dir(hostContainerdSock), podLogLinks} {
 		if _, err := os.Stat(d); os.IsNotExist(err) {
 			c.madeDirs = append(c.madeDirs, d)
 		}
@@ -160,7 +179,8 @@ func (c *cluster) prepareHost() {
 	}
 }
 
-func (c *cluster) start(name string, args ...string) *proc {
+// startControl starts a control-plane process.
+func (c *cluster) startControl(name string, args ...string) *proc {
 	c.t.Helper()
 	p := startProc(c.t, c.dir, name, args...)
 	c.control = append(c.control, p)
@@ -179,7 +199,7 @@ func (c *cluster) startControlPlane() {
 	}
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
 	peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	c.start("etcd", filepath.Join(kubeBin, "etcd"), "--data-dir", filepath.Join(c.dir, "etcd"),
+	c.startControl("etcd", filepath.Join(kubeBin, "etcd"), "--data-dir", filepath.Join(c.dir, "etcd"),
 		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 		"--initial-cluster", "default="+peerURL, "--log-level", "warn")
@@ -195,7 +215,7 @@ func (c *cluster) startControlPlane() {
 	pki := func(name string) string { return filepath.Join(c.dir, "pki", name) }
 	server := fmt.Sprintf("https://127.0.0.1:%d", ports[2])
 	c.writeKubeconfig(server)
-	c.start("kube-apiserver", filepath.Join(kubeBin, "kube-apiserver"),
+	c.startControl("kube-apiserver", filepath.Join(kubeBin, "kube-apiserver"),
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", fmt.Sprint(ports[2]),
 		// A loopback address is not a valid endpoint for the kubernetes
@@ -213,12 +233,12 @@ func (c *cluster) startControlPlane() {
 		out, err := c.try("get", "--raw", "/readyz")
 		return err == nil, fmt.Sprintf("API server /readyz: %v %s", err, out)
 	})
-	c.start("kube-controller-manager", filepath.Join(kubeBin, "kube-controller-manager"),
+	c.startControl("kube-controller-manager", filepath.Join(kubeBin, "kube-controller-manager"),
 		"--kubeconfig", c.kubeconfig, "--leader-elect=false",
 		"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(ports[3]),
 		"--service-account-private-key-file", pki("sa.key"), "--root-ca-file", pki("ca.crt"),
 		"--use-service-account-credentials=false")
-	c.start("kube-scheduler", filepath.Join(kubeBin, "kube-scheduler"),
+	c.startControl("kube-scheduler", filepath.Join(kubeBin, "kube-scheduler"),
 		"--kubeconfig", c.kubeconfig, "--leader-elect=false",
 		"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(ports[4]))
 }
@@ -347,19 +367,40 @@ func (c *cluster) teardown() {
 	if c.sup != nil {
 		c.sup.halt()
 	}
-	// Env's teardown kills the containers, stops containerd, unmounts what
-	// is under the cluster's directory, prints the logs of a failed test
-	// and removes the directory.
-	c.e.teardown()
-	killShims(hostContainerdSock)
+	// Pods go through CRI while containerd runs, so their network
+	// namespaces and CNI state go with them.
+	if c.e.Containerd != nil {
+		c.e.try(c.e.crictlArgs("rmp", "--all", "--force")...)
+	}
 	for i := len(c.control) - 1; i >= 0; i-- {
 		c.control[i].stop(syscall.SIGTERM, 30*time.Second)
 	}
+	// Env's teardown kills what containers are left, stops containerd,
+	// unmounts what is under the cluster's directory, prints the logs of a
+	// failed test and removes the directory.
+	c.e.teardown()
+	killShims(hostContainerdSock)
 	unmountUnder(t, hostStrataRoot)
 	unmountUnder(t, hostStrataRun)
-	for _, p := range []string{hostStrataRoot, hostStrataRun, "/var/lib/cni/networks/" + clusterCNINetwork} {
-		if err := os.RemoveAll(p); err != nil {
-			t.Errorf("remove %s: %v", p, err)
+	for _, p := range []string{hostStrataRoot, hostStrataRun} {
+		if slices.Contains(c.madeDirs, p) {
+			os.RemoveAll(p)
+		} else if es, err := os.ReadDir(p); err == nil {
+			for _, e := range es { // it was empty before the test
+				os.RemoveAll(filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	os.RemoveAll("/var/lib/cni/networks/" + clusterCNINetwork)
+	results, _ := filepath.Glob("/var/lib/cni/results/" + clusterCNINetwork + "-*")
+	for _, p := range results {
+		os.Remove(p)
+	}
+	// The kubelet's links to this cluster's container logs.
+	links, _ := filepath.Glob(filepath.Join(podLogLinks, "*"))
+	for _, p := range links {
+		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, c.dir+"/") {
+			os.Remove(p)
 		}
 	}
 	if c.cfgBackup != nil {
@@ -369,6 +410,9 @@ func (c *cluster) teardown() {
 	}
 	for _, d := range c.madeDirs {
 		os.Remove(d) // only if empty: containerd's state may hold more
+	}
+	for k, v := range c.sysctls {
+		os.WriteFile("/proc/sys/"+k, v, 0o644)
 	}
 	exec.Command("ip", "addr", "del", clusterNodeIP+"/32", "dev", "lo").Run()
 	exec.Command("ip", "link", "del", clusterBridge).Run()

@@ -566,3 +566,23 @@ func freePortErr() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// eventually polls cond until it holds, failing after limit with what it
+// last said. For states only a poll can see (a container's exit through
+// CRI, a probe passing), as the kubelet polls them too.
+func eventually(t *testing.T, limit time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", limit, last)
+		}
+		<-tick.C
+	}
+}

@@ -61,6 +61,7 @@ func TestKubernetesNode(t *testing.T) {
 	c.noFailedEvents()
 	c.stillRunning(bystander)
 	strataPod := c.strataPod()
+	c.notOnStrata(strataPod)
 
 	// A pod on strata's RuntimeClass: its root is strata's.
 	c.applyPod(podSpec{name: "on-strata", runtimeClass: m.RuntimeClass.Name, image: imgThreeLayers,
@@ -83,9 +84,9 @@ func TestKubernetesNode(t *testing.T) {
 		return ok, why
 	})
 
-	// The cluster's Prometheus reaches strata's metrics on its pod's
-	// network, and health probes do not count as errors.
-	metrics := c.kubectl("exec", "bystander", "--", "busybox", "wget", "-qO-", fmt.Sprintf("http://%s:9090/metrics", strataPod.podIP))
+	// The cluster's Prometheus reaches strata's metrics at its pod's
+	// address (the node's), and health probes do not count as errors.
+	metrics := c.kubectl("exec", "bystander", "--", "busybox", "wget", "-qO-", fmt.Sprintf("http://%s:9477/metrics", strataPod.podIP))
 	if !strings.Contains(metrics, "strata_build_info{") {
 		t.Errorf("strata's metrics from another pod:\n%s", metrics)
 	}
@@ -123,19 +124,44 @@ func TestKubernetesNode(t *testing.T) {
 	c.noFailedEvents()
 	c.stillRunning(bystander)
 	c.stillRunning(steady)
-	// strata's own pod stays on overlayfs, so it restarts while strata is
-	// down: a rolling update, with every other pod's snapshotter strata.
-	own := c.strataPod()
-	ownLower, _ := rootOverlay(t, own.containerID)
-	if strings.HasPrefix(ownLower[0], hostStrataRoot+"/") {
-		t.Errorf("strata's own pod runs from strata's root: %v", ownLower)
+	// strata's own pod stays on overlayfs, so it starts, and pulls a new
+	// image, while strata is down: an upgrade to an image from a registry,
+	// as a user does it (kustomize's image edit), with every other pod's
+	// snapshotter strata.
+	c.notOnStrata(c.strataPod())
+	upgrade := registry + "/strata-snapshotter"
+	ctr("images", "tag", image, upgrade+":v2")
+	ctr("images", "push", "--plain-http", upgrade+":v2")
+	ctr("images", "rm", upgrade+":v2")
+	overlay := filepath.Join(c.dir, "upgrade")
+	if err := os.MkdirAll(overlay, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	c.kubectl("-n", m.DaemonSet.Namespace, "rollout", "restart", "ds/"+m.DaemonSet.Name)
+	variant, err := filepath.Abs("../deploy/kubernetes/default-snapshotter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - %s
+images:
+  - name: strata-snapshotter
+    newName: %s
+    newTag: v2
+`, variant, upgrade)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.kubectl("apply", "-k", overlay)
 	c.waitDaemonSet()
-	if c.strataPod().name == own.name {
-		t.Fatal("the rolling update did not replace strata's pod")
+	upgraded := c.strataPod()
+	c.notOnStrata(upgraded)
+	if got := c.kubectl("-n", upgraded.namespace, "get", "pod", upgraded.name, "-o", "jsonpath={.spec.containers[0].image}"); got != upgrade+":v2" {
+		t.Fatalf("after the upgrade strata's pod runs %s", got)
 	}
-	c.noContainerdRestart("by a rolling update in the default-snapshotter mode")
+	c.noContainerdRestart("by an upgrade in the default-snapshotter mode")
+	c.stillRunning(bystander)
+	c.stillRunning(steady)
 
 	// A pod that names no RuntimeClass runs on strata, its image pulled
 	// into strata, and the kubelet sees its writable layer.
@@ -180,6 +206,7 @@ func TestKubernetesNode(t *testing.T) {
 	}
 	c.stillRunning(bystander)
 	c.stillRunning(steady)
+	c.noContainerdRestart("by the end of the test")
 }
 
 // podSpec is a test pod in the default namespace.
@@ -304,9 +331,24 @@ func (c *cluster) strataPod() runningPod {
 func (c *cluster) noContainerdRestart(when string) {
 	c.t.Helper()
 	select {
-	case n := <-c.sup.started:
+	case n, ok := <-c.sup.started:
+		if !ok {
+			c.t.Fatalf("containerd did not come back %s", when)
+		}
 		c.t.Fatalf("containerd was restarted (run %d) %s", n, when)
 	default:
+	}
+}
+
+// notOnStrata fails if a pod's root is on strata: strata's own pod must
+// never need strata.
+func (c *cluster) notOnStrata(r runningPod) {
+	c.t.Helper()
+	lower, upper := rootOverlay(c.t, r.containerID)
+	for _, d := range append(lower, upper) {
+		if strings.HasPrefix(d, hostStrataRoot+"/") {
+			c.t.Errorf("strata's own pod %s runs from strata's root: %s", r.name, d)
+		}
 	}
 }
 
@@ -324,6 +366,26 @@ func (c *cluster) noFailedEvents() {
 	for _, e := range events.Items {
 		if e.Type == "Warning" && e.Reason == "Failed" {
 			c.t.Errorf("event on %s: %s %s: %s", e.InvolvedObject.Name, e.Type, e.Reason, e.Message)
+		}
+	}
+	// Events are best effort; the kubelet's restart counts are not.
+	var pods struct {
+		Items []struct {
+			Metadata struct{ Name string }
+			Status   struct {
+				InitContainerStatuses []struct {
+					Name         string
+					RestartCount int `json:"restartCount"`
+				} `json:"initContainerStatuses"`
+			}
+		}
+	}
+	c.get(&pods, "-n", "strata-system", "pods")
+	for _, p := range pods.Items {
+		for _, s := range p.Status.InitContainerStatuses {
+			if s.RestartCount != 0 {
+				c.t.Errorf("pod %s: init container %s restarted %d times", p.Metadata.Name, s.Name, s.RestartCount)
+			}
 		}
 	}
 }

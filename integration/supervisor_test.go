@@ -41,6 +41,11 @@ func (s *supervisor) halt() {
 func (s *supervisor) loop() {
 	defer close(s.done)
 	for n := 1; ; n++ {
+		select {
+		case <-s.stop: // halted while the last run exited
+			return
+		default:
+		}
 		p, err := startProcErr(s.e.Dir, fmt.Sprintf("containerd-%d", n), filepath.Join(toolsBin, "containerd"), "--config", s.cfg)
 		if err == nil {
 			err = p.waitLogErr("containerd successfully booted", time.Minute)
@@ -79,25 +84,5 @@ func (s *supervisor) waitStart(t *testing.T, n int, limit time.Duration) {
 		}
 	case <-time.After(limit):
 		t.Fatalf("containerd run %d did not boot within %v", n, limit)
-	}
-}
-
-// eventually polls cond until it holds, failing after limit with what it
-// last said. For states only a poll can see (a container's exit through
-// CRI, a probe passing), as the kubelet polls them too.
-func eventually(t *testing.T, limit time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	tick := time.NewTicker(200 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", limit, last)
-		}
-		<-tick.C
 	}
 }

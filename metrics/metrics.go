@@ -68,19 +68,19 @@ func (m *Metrics) observe(method string, start time.Time, err error) {
 	}
 }
 
-// ProbeKey is the gRPC metadata key /healthz's own call carries. Probe
+// probeKey is the gRPC metadata key /healthz's own call carries. Probe
 // calls are not counted: a kubelet probing every few seconds would
 // otherwise add a NotFound (the probe's Stat of a key that cannot exist)
 // to the error rate of every node.
-const ProbeKey = "strata-health-probe"
+const probeKey = "strata-health-probe"
 
 // Probe marks ctx's outgoing call as a health probe.
 func Probe(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, ProbeKey, "1")
+	return metadata.AppendToOutgoingContext(ctx, probeKey, "1")
 }
 
 func isProbe(ctx context.Context) bool {
-	return len(metadata.ValueFromIncomingContext(ctx, ProbeKey)) > 0
+	return len(metadata.ValueFromIncomingContext(ctx, probeKey)) > 0
 }
 
 // UnaryInterceptor counts and times unary calls.

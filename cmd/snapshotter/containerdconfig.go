@@ -33,6 +33,7 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 	restart := fl.Bool("restart", false, "with --write: when the file changed, or containerd started before its last change, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back")
 	containerdAddress := fl.String("containerd-address", "/run/containerd/containerd.sock", "containerd's socket, for --restart")
 	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long --restart waits for containerd to stop and come back")
+	podUID := fl.String("pod-uid", "", "with --restart, run as this pod's init container: first wait until containerd's CRI reports this container running, so the kubelet's start of it is answered before containerd restarts")
 	fl.Usage = func() {
 		fmt.Fprintln(stderr, "usage: strata-snapshotter containerd-config [--file FILE] [--address SOCKET] [--root DIR] [--cri] [--runtime-handler NAME] [--bootstrap-handler NAME] [--write [--restart]]")
 		fl.PrintDefaults()
@@ -106,9 +107,7 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "containerd started %s, before the config's last change at %s\n",
 			started.UTC().Format(time.RFC3339), fi.ModTime().UTC().Format(time.RFC3339))
 	}
-	// Run as a pod's init step, containerd must first answer the kubelet's
-	// start of this very container.
-	if err := containerdproc.WaitStartAnswered(ctx, *containerdAddress, os.Getpid()); err != nil {
+	if err := containerdproc.WaitStartAnswered(ctx, *containerdAddress, *podUID, os.Getpid()); err != nil {
 		return fail(err)
 	}
 	restarted, err := containerdproc.Restart(ctx, *containerdAddress)

@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-//go:embed base/*.yaml
+//go:embed base/*.yaml default-snapshotter/*.yaml
 var embedded embed.FS
 
 // files is the base every variant builds on (deploy/kubernetes for the

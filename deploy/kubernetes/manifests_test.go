@@ -9,7 +9,9 @@ import (
 	"testing"
 	"testing/fstest"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	nodev1 "k8s.io/api/node/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 )
@@ -192,4 +194,45 @@ func underMount(c *corev1.Container, path string) bool {
 		}
 	}
 	return false
+}
+
+// The default-snapshotter variant's patch repeats the init step's arguments
+// (a strategic merge replaces a list): it must say what the base says plus
+// the mode's two flags, and name the same bootstrap handler as its
+// RuntimeClass and its pull annotation.
+func TestDefaultSnapshotterVariant(t *testing.T) {
+	m, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := m.Container("containerd-config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patch appsv1.DaemonSet
+	if err := decodeFile(embedded, "default-snapshotter/daemonset-patch.yaml", &patch); err != nil {
+		t.Fatal(err)
+	}
+	var rc nodev1.RuntimeClass
+	if err := decodeFile(embedded, "default-snapshotter/runtimeclass-bootstrap.yaml", &rc); err != nil {
+		t.Fatal(err)
+	}
+	spec := patch.Spec.Template.Spec
+	if len(spec.InitContainers) != 1 || spec.InitContainers[0].Name != base.Name {
+		t.Fatalf("the patch's init containers: %+v", spec.InitContainers)
+	}
+	got := spec.InitContainers[0].Args
+	handler := arg(got, "bootstrap-handler")
+	want := append(slices.Clone(base.Args), "--cri", "--bootstrap-handler="+handler)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("the variant's init args %v, want the base's plus --cri and --bootstrap-handler: %v", got, want)
+	}
+	if handler == "" || rc.Handler != handler || spec.RuntimeClassName == nil || *spec.RuntimeClassName != rc.Name {
+		t.Errorf("bootstrap handler %q, RuntimeClass %s with handler %q, pod's RuntimeClass %v", handler, rc.Name, rc.Handler, spec.RuntimeClassName)
+	}
+	if a := patch.Spec.Template.Annotations["io.containerd.cri.runtime-handler"]; a != handler {
+		t.Errorf("pull annotation names %q, the bootstrap handler is %q", a, handler)
+	}
 }

@@ -19,13 +19,6 @@ bin="$cache/$key/bin"
 
 log() { echo "kubernetes.sh: $*" >&2; }
 
-# openssl makes the cluster's certificates.
-if ! command -v openssl >/dev/null; then
-	log "apt-get install openssl"
-	apt-get update -q >&2
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssl >&2
-fi
-
 if [ -f "$bin/.complete" ]; then
 	log "kubernetes cached in $bin"
 	echo "$bin"
