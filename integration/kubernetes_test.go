@@ -137,7 +137,12 @@ func TestKubernetesNode(t *testing.T) {
 	if err := os.MkdirAll(overlay, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	variant, err := filepath.Abs("../deploy/kubernetes/default-snapshotter")
+	// kustomize takes only a relative path to another kustomization.
+	abs, err := filepath.Abs("../deploy/kubernetes/default-snapshotter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	variant, err := filepath.Rel(overlay, abs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=versions.env
 . "$here/versions.env"
 
-cache="${STRATA_TOOLS_CACHE:-/var/cache/strata-tools}"
-key="$(sha256sum <"$here/versions.env" | cut -c1-16)"
-bin="$cache/$key/bin"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+bin="$(tools_bin "$here/versions.env" "")"
 
 log() { echo "install.sh: $*" >&2; }
 
@@ -36,20 +36,13 @@ if [ -f "$bin/.complete" ]; then
 fi
 
 log "building tools into $bin (first run only)"
-rm -rf "$cache/$key"
+rm -rf "$(dirname "$bin")"
 mkdir -p "$bin"
 work="$(mktemp -d)"
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 export GOFLAGS=-mod=mod
 export GOBIN="$bin"
 
-# Copy a module from the module cache into a writable directory.
-fetch_module() { # module@version dest
-	local dir
-	dir="$(go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-	cp -r "$dir" "$2"
-	chmod -R u+w "$2"
-}
 
 log "containerd $CONTAINERD_VERSION"
 go install -tags no_btrfs \

@@ -13,9 +13,9 @@ here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=kubernetes.env
 . "$here/kubernetes.env"
 
-cache="${STRATA_TOOLS_CACHE:-/var/cache/strata-tools}"
-key="k8s-$(sha256sum <"$here/kubernetes.env" | cut -c1-16)"
-bin="$cache/$key/bin"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+bin="$(tools_bin "$here/kubernetes.env" "k8s-")"
 
 log() { echo "kubernetes.sh: $*" >&2; }
 
@@ -26,7 +26,7 @@ if [ -f "$bin/.complete" ]; then
 fi
 
 log "building kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION into $bin (first run only)"
-rm -rf "${cache:?}/$key"
+rm -rf "$(dirname "$bin")"
 mkdir -p "$bin"
 work="$(mktemp -d)"
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
@@ -34,12 +34,6 @@ export GOFLAGS=-mod=mod
 # k8s.io/kubernetes ships a go.work over its staging tree, absent from the zip.
 export GOWORK=off
 
-fetch_module() { # module@version dest
-	local dir
-	dir="$(go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-	cp -r "$dir" "$2"
-	chmod -R u+w "$2"
-}
 
 log "etcd $ETCD_VERSION"
 fetch_module "go.etcd.io/etcd/server/v3@$ETCD_VERSION" "$work/etcd"
