@@ -68,6 +68,7 @@ type cluster struct {
 	cfgBackup  []byte            // the host's containerd config before the test, if any
 	madeDirs   []string          // host directories the test created
 	sysctls    map[string][]byte // kernel settings the kubelet and CNI change
+	netns      map[string]bool   // the network namespaces before the test
 }
 
 // changedSysctls are the kernel settings the kubelet (protectKernelDefaults
@@ -142,6 +143,11 @@ func (c *cluster) prepareHost() {
 	t := c.t
 	if b, err := os.ReadFile(hostContainerdCfg); err == nil {
 		c.cfgBackup = b
+	}
+	c.netns = map[string]bool{}
+	before, _ := filepath.Glob("/run/netns/cni-*")
+	for _, n := range before {
+		c.netns[n] = true
 	}
 	c.sysctls = map[string][]byte{}
 	for _, k := range changedSysctls {
@@ -413,6 +419,14 @@ func (c *cluster) teardown() {
 	}
 	for k, v := range c.sysctls {
 		os.WriteFile("/proc/sys/"+k, v, 0o644)
+	}
+	// Pods the CRI removal could not reach (a strata pod once strata is
+	// gone) leave their CNI network namespaces.
+	after, _ := filepath.Glob("/run/netns/cni-*")
+	for _, n := range after {
+		if !c.netns[n] {
+			exec.Command("ip", "netns", "del", filepath.Base(n)).Run()
+		}
 	}
 	exec.Command("ip", "addr", "del", clusterNodeIP+"/32", "dev", "lo").Run()
 	exec.Command("ip", "link", "del", clusterBridge).Run()
