@@ -237,10 +237,13 @@ func setRuntime(doc map[string]any, t *text, base []string, name, from, snapshot
 		want["runtime_type"] = "io.containerd.runc.v2"
 	}
 	path := append(slices.Clone(base), "runtimes", name)
-	_, named := dig(doc, append(path, "runtime_type")...).(string)
 	switch {
-	case name == from && named:
-		// The runtime itself, complete: one key, the rest as written.
+	case name == from:
+		// The runtime itself: its own keys only, the rest (its options
+		// table, comments) as written.
+		if _, named := dig(doc, append(path, "runtime_type")...).(string); !named {
+			t.setKey(path, "runtime_type", fmt.Sprintf("%q", want["runtime_type"]))
+		}
 		if dig(doc, append(path, "snapshotter")...) != snapshotter {
 			t.setKey(path, "snapshotter", fmt.Sprintf("%q", snapshotter))
 		}
@@ -382,7 +385,9 @@ func (t *text) appendBlock(block string) {
 	for len(t.lines) > 0 && strings.TrimSpace(t.lines[len(t.lines)-1]) == "" {
 		t.lines = t.lines[:len(t.lines)-1]
 	}
-	t.lines = append(t.lines, "", block, "")
+	// Line by line, so later edits in the same run see the block's headers.
+	t.lines = append(append(t.lines, ""), strings.Split(block, "\n")...)
+	t.lines = append(t.lines, "")
 }
 
 // setKey sets key = value in the table at path: replacing the key's line if

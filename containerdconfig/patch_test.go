@@ -3,6 +3,7 @@ package containerdconfig
 import (
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -271,5 +272,45 @@ func TestUneditableFormRefused(t *testing.T) {
 	o := Options{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
 	if out, _, err := Patch(in, o); err == nil || !strings.Contains(err.Error(), "by hand") {
 		t.Fatalf("err %v; patched:\n%s", err, out)
+	}
+}
+
+// The default-snapshotter mode on the common partial runc snippet (runc's
+// options table the last in the file): runc gains its name and snapshotter
+// beside its options, which stay as written, comments included.
+func TestBootstrapHandlerPartialRunc(t *testing.T) {
+	for _, in := range []string{`version = 3
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+  # the node's cgroup driver
+  SystemdCgroup = true
+`, `version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  # the node's cgroup driver
+  SystemdCgroup = true
+`} {
+		o := Options{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
+		out, changed, err := Patch([]byte(in), o)
+		if err != nil || !changed {
+			t.Fatalf("changed=%v err=%v", changed, err)
+		}
+		keptLines(t, []byte(in), out)
+		doc := decode(t, out)
+		base := []string{"plugins", criRuntimeV3, "containerd"}
+		if strings.HasPrefix(in, "version = 2") {
+			base = []string{"plugins", criV2, "containerd"}
+		}
+		runc := append(slices.Clone(base), "runtimes", "runc")
+		if dig(doc, append(runc, "runtime_type")...) != "io.containerd.runc.v2" || dig(doc, append(runc, "snapshotter")...) != "overlayfs" ||
+			dig(doc, append(runc, "options", "SystemdCgroup")...) != true {
+			t.Errorf("runc %v", dig(doc, runc...))
+		}
+		if dig(doc, append(base, "runtimes", "strata", "options", "SystemdCgroup")...) != true {
+			t.Errorf("strata's handler did not copy runc's options:\n%s", out)
+		}
+		if again, changed, err := Patch(out, o); err != nil || changed {
+			t.Errorf("second patch changed=%v err=%v:\n%s", changed, err, again)
+		}
 	}
 }
