@@ -33,6 +33,11 @@ type Options struct {
 	// filesystem. Pods opt in with a RuntimeClass naming the handler. With
 	// CRI and BootstrapHandler it becomes the default runtime.
 	RuntimeHandler string
+	// RemapIDs advertises the remap-ids capability: strata serves
+	// user-namespaced containers with idmapped mounts, which the kernel must
+	// support; without it containerd copies the image, chowned, for each
+	// distinct mapping.
+	RemapIDs bool
 	// BootstrapHandler, with CRI, names the runtime handler that keeps
 	// containerd's overlayfs (runc, which every containerd has, so strata's
 	// own pod can name it before strata was ever installed): strata's pod
@@ -66,10 +71,14 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 	t := text{lines: strings.Split(string(in), "\n")}
 
 	// [proxy_plugins.strata], rewritten whole when it differs.
+	caps, capsText := []any{"rebase"}, `["rebase"]`
+	if o.RemapIDs {
+		caps, capsText = []any{"rebase", "remap-ids"}, `["rebase", "remap-ids"]`
+	}
 	want := map[string]any{
 		"type":         "snapshot",
 		"address":      o.Address,
-		"capabilities": []any{"rebase"},
+		"capabilities": caps,
 		"exports":      map[string]any{"root": o.Root},
 	}
 	if !reflect.DeepEqual(dig(doc, "proxy_plugins", "strata"), want) {
@@ -77,11 +86,12 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 		t.appendBlock(fmt.Sprintf(`[proxy_plugins.strata]
   type = "snapshot"
   address = %q
-  # Lets containerd unpack layers in parallel.
-  capabilities = ["rebase"]
+  # rebase: containerd unpacks layers in parallel. remap-ids: user-namespaced
+  # containers get idmapped mounts instead of a chowned copy of the image.
+  capabilities = %s
   [proxy_plugins.strata.exports]
     # The kubelet accounts the image filesystem's usage here.
-    root = %q`, o.Address, o.Root))
+    root = %q`, o.Address, capsText, o.Root))
 	}
 
 	// An unpack platform for strata in the transfer service, without which

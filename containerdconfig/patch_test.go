@@ -10,7 +10,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-var opts = Options{Address: "/run/strata/strata.sock", Root: "/var/lib/strata", CRI: true}
+var opts = Options{Address: "/run/strata/strata.sock", Root: "/var/lib/strata", CRI: true, RemapIDs: true}
 
 func decode(t *testing.T, b []byte) map[string]any {
 	t.Helper()
@@ -30,7 +30,7 @@ func checkRegistered(t *testing.T, doc map[string]any, criPath ...string) {
 		t.Errorf("proxy_plugins.strata: %v", dig(doc, "proxy_plugins", "strata"))
 	}
 	caps, _ := dig(doc, "proxy_plugins", "strata", "capabilities").([]any)
-	if len(caps) != 1 || caps[0] != "rebase" {
+	if len(caps) != 2 || caps[0] != "rebase" || caps[1] != "remap-ids" {
 		t.Errorf("capabilities %v", caps)
 	}
 	n := 0
@@ -106,7 +106,7 @@ func TestVersion2KeepsComments(t *testing.T) {
 }
 
 func TestStaleRegistrationReplaced(t *testing.T) {
-	in, out, _ := patchFile(t, "v3-stale.toml", Options{Address: opts.Address, Root: opts.Root})
+	in, out, _ := patchFile(t, "v3-stale.toml", Options{Address: opts.Address, Root: opts.Root, RemapIDs: true})
 	doc := decode(t, out)
 	checkRegistered(t, doc)
 	if strings.Count(string(out), "[proxy_plugins.strata]") != 1 || strings.Contains(string(out), "/run/old") {
@@ -140,7 +140,7 @@ func TestUnsupportedVersions(t *testing.T) {
 // TestRuntimeHandler: the handler is containerd's default runtime with strata
 // as its snapshotter; the CRI plugin's default snapshotter stays as it was.
 func TestRuntimeHandler(t *testing.T) {
-	o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: "strata"}
+	o := Options{Address: opts.Address, Root: opts.Root, RemapIDs: true, RuntimeHandler: "strata"}
 	in, out, changed := patchFile(t, "default-v4.toml", o)
 	if !changed {
 		t.Fatal("reported unchanged")
@@ -180,7 +180,7 @@ func TestRuntimeHandler(t *testing.T) {
 }
 
 func TestRuntimeHandlerVersion2(t *testing.T) {
-	o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: "strata"}
+	o := Options{Address: opts.Address, Root: opts.Root, RemapIDs: true, RuntimeHandler: "strata"}
 	in, out, _ := patchFile(t, "v2-commented.toml", o)
 	keptLines(t, in, out)
 	doc := decode(t, out)
@@ -191,7 +191,7 @@ func TestRuntimeHandlerVersion2(t *testing.T) {
 
 func TestRuntimeHandlerBadNames(t *testing.T) {
 	for _, name := range []string{"a.b", "a b", `a"b`, "x]"} {
-		o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: name}
+		o := Options{Address: opts.Address, Root: opts.Root, RemapIDs: true, RuntimeHandler: name}
 		if _, _, err := Patch([]byte("version = 3\n"), o); err == nil {
 			t.Errorf("%q accepted", name)
 		}
@@ -206,7 +206,7 @@ func TestRuntimeHandlerPartialRunc(t *testing.T) {
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
   SystemdCgroup = true
 `)
-	o := Options{Address: opts.Address, Root: opts.Root, RuntimeHandler: "strata"}
+	o := Options{Address: opts.Address, Root: opts.Root, RemapIDs: true, RuntimeHandler: "strata"}
 	out, _, err := Patch(in, o)
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +228,7 @@ func TestRuntimeHandlerPartialRunc(t *testing.T) {
 // default runtime; runc, which strata's own pod names, keeps overlayfs for
 // its containers and its pulls.
 func TestBootstrapHandler(t *testing.T) {
-	o := Options{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
+	o := Options{Address: opts.Address, Root: opts.Root, RemapIDs: true, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
 	in, out, changed := patchFile(t, "default-v4.toml", o)
 	if !changed {
 		t.Fatal("reported unchanged")
@@ -269,7 +269,7 @@ func TestUneditableFormRefused(t *testing.T) {
 [plugins."io.containerd.cri.v1.runtime".containerd]
   runtimes = { runc = { runtime_type = "io.containerd.runc.v2" } }
 `)
-	o := Options{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
+	o := Options{Address: opts.Address, Root: opts.Root, RemapIDs: true, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
 	if out, _, err := Patch(in, o); err == nil || !strings.Contains(err.Error(), "by hand") {
 		t.Fatalf("err %v; patched:\n%s", err, out)
 	}
@@ -290,7 +290,7 @@ func TestBootstrapHandlerPartialRunc(t *testing.T) {
   # the node's cgroup driver
   SystemdCgroup = true
 `} {
-		o := Options{Address: opts.Address, Root: opts.Root, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
+		o := Options{Address: opts.Address, Root: opts.Root, RemapIDs: true, CRI: true, RuntimeHandler: "strata", BootstrapHandler: "runc"}
 		out, changed, err := Patch([]byte(in), o)
 		if err != nil || !changed {
 			t.Fatalf("changed=%v err=%v", changed, err)

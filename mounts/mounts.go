@@ -5,6 +5,7 @@ package mounts
 import (
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -36,6 +37,10 @@ type Request struct {
 	Parents []string
 	// Options are appended to overlay mounts (never to bind mounts).
 	Options []string
+	// Mapping are containerd's uidmap=/gidmap= options, on every mount: a
+	// user-namespaced container's snapshot, which containerd mounts with
+	// idmapped mounts of its directories.
+	Mapping []string
 	// EmptyLower, when set, makes an active snapshot without parents an
 	// overlay on this empty directory instead of a bind mount. containerd's
 	// layer applier writes whiteouts as overlay's character devices only
@@ -54,16 +59,16 @@ type Request struct {
 //     active snapshot.
 func For(r Request) []mount.Mount {
 	if len(r.Parents) == 0 && !(r.Writable && r.EmptyLower != "") {
-		return []mount.Mount{bind(r.Dir, r.Writable)}
+		return []mount.Mount{bind(r.Dir, r.Writable, r.Mapping)}
 	}
 	if !r.Writable && len(r.Parents) == 1 {
-		return []mount.Mount{bind(r.Parents[0], false)}
+		return []mount.Mount{bind(r.Parents[0], false, r.Mapping)}
 	}
 	lowers := r.Parents
 	if len(lowers) == 0 {
 		lowers = []string{r.EmptyLower}
 	}
-	var options []string
+	options := slices.Clone(r.Mapping)
 	if r.Writable {
 		options = append(options, "workdir="+r.WorkDir, "upperdir="+r.Dir)
 	}
@@ -72,12 +77,12 @@ func For(r Request) []mount.Mount {
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
 }
 
-func bind(dir string, writable bool) mount.Mount {
+func bind(dir string, writable bool, mapping []string) mount.Mount {
 	mode := "ro"
 	if writable {
 		mode = "rw"
 	}
-	return mount.Mount{Type: "bind", Source: dir, Options: []string{mode, "rbind"}}
+	return mount.Mount{Type: "bind", Source: dir, Options: append(slices.Clone(mapping), mode, "rbind")}
 }
 
 // Check returns a FailedPrecondition error when the kernel would refuse the

@@ -281,6 +281,10 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	if err != nil {
 		return nil, err
 	}
+	mapping, err := mappingOf(info.Labels)
+	if err != nil {
+		return nil, err
+	}
 
 	// undo reverses, newest first, what the transaction did on disk when
 	// the transaction does not commit.
@@ -324,7 +328,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			log.G(ctx).WithField("key", key).WithField("layer", layer.Key).Debug("layer already here; staged for commit without unpacking")
 			return nil
 		}
-		return s.makeDirs(rec, chain, &undo)
+		return s.makeDirs(rec, chain, mapping, &undo)
 	})
 	if err != nil {
 		return nil, resourceKind(err)
@@ -335,13 +339,13 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 // makeDirs builds rec's directory under a temporary name and renames it
 // into place, with a work directory for an active snapshot; what it made is
 // pushed on undo.
-func (s *snapshotter) makeDirs(rec metadata.Snapshot, chain []metadata.Snapshot, undo *[]func() error) error {
+func (s *snapshotter) makeDirs(rec metadata.Snapshot, chain []metadata.Snapshot, mapping *idMapping, undo *[]func() error) error {
 	td, err := s.layout.tempDir()
 	if err != nil {
 		return fmt.Errorf("create snapshot directory: %w", err)
 	}
 	*undo = append(*undo, func() error { return os.RemoveAll(td) })
-	if err := s.populate(td, chain); err != nil {
+	if err := s.populate(td, chain, mapping); err != nil {
 		return err
 	}
 	if rec.Kind == snapshots.KindActive {
@@ -364,11 +368,18 @@ func (s *snapshotter) makeDirs(rec metadata.Snapshot, chain []metadata.Snapshot,
 	return nil
 }
 
-// populate prepares a new layer's directory: owned like the parent's root,
-// so the merged root keeps its owner.
-func (s *snapshotter) populate(td string, chain []metadata.Snapshot) error {
+// populate prepares a new layer's directory: owned by the mapped root for a
+// user namespace (as containerd's overlayfs does), else like the parent's
+// root, so the merged root keeps its owner.
+func (s *snapshotter) populate(td string, chain []metadata.Snapshot, mapping *idMapping) error {
 	if err := os.Chmod(td, 0o755); err != nil {
 		return err
+	}
+	if mapping != nil {
+		if err := os.Lchown(td, mapping.rootUID, mapping.rootGID); err != nil {
+			return fmt.Errorf("chown snapshot root to the mapped root: %w", err)
+		}
+		return nil
 	}
 	if len(chain) == 0 {
 		return nil
@@ -397,6 +408,10 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) [
 		WorkDir:  s.layout.work(rec.Dir),
 		Parents:  parents,
 		Options:  s.options,
+	}
+	// The labels were checked when the snapshot was made.
+	if mapping, err := mappingOf(rec.Labels); err == nil {
+		req.Mapping = mapping.options()
 	}
 	if extractsUpperLayer(rec) {
 		req.EmptyLower = s.layout.empty()

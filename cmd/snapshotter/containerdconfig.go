@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
+
 	"github.com/strata-snapshotter/strata/containerdconfig"
 	"github.com/strata-snapshotter/strata/containerdproc"
 )
@@ -61,7 +63,13 @@ func runContainerdConfig(args []string, stdout, stderr io.Writer) int {
 			mode = fi.Mode().Perm()
 		}
 	}
-	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: *address, Root: *root, CRI: *cri, RuntimeHandler: *handler, BootstrapHandler: *bootstrap})
+	// remap-ids only where the kernel does idmapped mounts; elsewhere
+	// containerd falls back to copying the image for a user namespace.
+	remap, err := overlayutils.SupportsIDMappedMounts()
+	if !remap {
+		fmt.Fprintf(stderr, "idmapped mounts unsupported here (%v): not advertising remap-ids; containerd copies the image, chowned, for each user namespace\n", err)
+	}
+	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: *address, Root: *root, CRI: *cri, RemapIDs: remap, RuntimeHandler: *handler, BootstrapHandler: *bootstrap})
 	if err != nil {
 		return fail(fmt.Errorf("%s: %w", *file, err))
 	}

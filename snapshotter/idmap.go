@@ -1,0 +1,84 @@
+package snapshotter
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+)
+
+// idMapping is the user namespace a snapshot is for: containerd's remap-ids
+// labels, each a comma-separated list of containerID:hostID:size ranges (the
+// form containerd's own userns package, internal to containerd, writes).
+// strata serves it as containerd's overlayfs does: the snapshot's root is
+// owned by the mapped root, and its mounts carry uidmap=/gidmap=, which
+// containerd applies as idmapped mounts of the layers. No image is copied.
+type idMapping struct {
+	uids, gids string // the labels, as given
+	rootUID    int
+	rootGID    int
+}
+
+// mappingOf returns the ID mapping labels asks for, or nil when they ask
+// for none. A malformed mapping, or one that maps no root, is
+// InvalidArgument.
+func mappingOf(labels map[string]string) (*idMapping, error) {
+	uids, uok := labels[snapshots.LabelSnapshotUIDMapping]
+	gids, gok := labels[snapshots.LabelSnapshotGIDMapping]
+	if !uok && !gok {
+		return nil, nil
+	}
+	if !uok || !gok {
+		return nil, fmt.Errorf("labels %s and %s go together: %w", snapshots.LabelSnapshotUIDMapping, snapshots.LabelSnapshotGIDMapping, errdefs.ErrInvalidArgument)
+	}
+	m := &idMapping{uids: uids, gids: gids}
+	var err error
+	if m.rootUID, err = mappedRoot(uids); err != nil {
+		return nil, fmt.Errorf("label %s=%q: %v: %w", snapshots.LabelSnapshotUIDMapping, uids, err, errdefs.ErrInvalidArgument)
+	}
+	if m.rootGID, err = mappedRoot(gids); err != nil {
+		return nil, fmt.Errorf("label %s=%q: %v: %w", snapshots.LabelSnapshotGIDMapping, gids, err, errdefs.ErrInvalidArgument)
+	}
+	return m, nil
+}
+
+// mappedRoot checks a list of containerID:hostID:size ranges and returns
+// the host ID container ID 0 maps to.
+func mappedRoot(ranges string) (int, error) {
+	root := -1
+	for r := range strings.SplitSeq(ranges, ",") {
+		f := strings.Split(r, ":")
+		if len(f) != 3 {
+			return 0, fmt.Errorf("range %q is not containerID:hostID:size", r)
+		}
+		var n [3]uint64
+		for i, s := range f {
+			v, err := strconv.ParseUint(s, 10, 32)
+			if err != nil {
+				return 0, fmt.Errorf("range %q: %v", r, err)
+			}
+			n[i] = v
+		}
+		if n[2] == 0 || n[0]+n[2]-1 >= math.MaxUint32 || n[1]+n[2]-1 >= math.MaxUint32 {
+			return 0, fmt.Errorf("range %q is empty or runs past the largest ID", r)
+		}
+		if n[0] == 0 {
+			root = int(n[1])
+		}
+	}
+	if root < 0 {
+		return 0, fmt.Errorf("no range maps the container's root (ID 0)")
+	}
+	return root, nil
+}
+
+// options are the mount options that hand the mapping to containerd.
+func (m *idMapping) options() []string {
+	if m == nil {
+		return nil
+	}
+	return []string{"uidmap=" + m.uids, "gidmap=" + m.gids}
+}

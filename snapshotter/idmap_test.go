@@ -1,0 +1,99 @@
+package snapshotter
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
+)
+
+var userNS = snapshots.WithLabels(map[string]string{
+	snapshots.LabelSnapshotUIDMapping: "0:200000:65536",
+	snapshots.LabelSnapshotGIDMapping: "0:300000:65536",
+})
+
+// TestUserNamespaceSnapshot: a snapshot for a user namespace is served as
+// containerd's overlayfs serves it, with no copy of the image: its root is
+// owned by the mapped root, and every mount carries uidmap=/gidmap=, which
+// containerd's own mount code turns into idmapped mounts, through which the
+// image's root-owned files show as the mapped root's.
+func TestUserNamespaceSnapshot(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"file": "from the image\n"})
+	before := len(layerNames(t, root))
+
+	ms, err := sn.Prepare(ctx, "userns", "base", userNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if !slices.Contains(m.Options, "uidmap=0:200000:65536") || !slices.Contains(m.Options, "gidmap=0:300000:65536") {
+			t.Fatalf("mount %+v carries no mapping", m)
+		}
+	}
+	if n := len(layerNames(t, root)); n != before+1 {
+		t.Fatalf("%d layer directories after Prepare, want %d: the image must not be copied", n, before+1)
+	}
+	again, err := sn.Mounts(ctx, "userns")
+	if err != nil || !slices.Equal(again[0].Options, ms[0].Options) {
+		t.Fatalf("Mounts: %v %+v, Prepare returned %+v", err, again, ms)
+	}
+	withMount(t, ms, func(dir string) {
+		for name, want := range map[string][2]uint32{".": {200000, 300000}, "file": {200000, 300000}} {
+			fi, err := os.Lstat(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			if st.Uid != want[0] || st.Gid != want[1] {
+				t.Errorf("%s is owned by %d:%d through the mount, want the mapped root %d:%d", name, st.Uid, st.Gid, want[0], want[1])
+			}
+		}
+	})
+
+	// A view of the one layer is a bind mount, mapped too.
+	vs, err := sn.View(ctx, "userns-view", "base", userNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 1 || vs[0].Type != "bind" || !slices.Contains(vs[0].Options, "uidmap=0:200000:65536") {
+		t.Fatalf("view mounts %+v", vs)
+	}
+}
+
+// Bad mapping labels are InvalidArgument, and nothing is made.
+func TestUserNamespaceBadLabels(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	for name, labels := range map[string]map[string]string{
+		"not a number":  {snapshots.LabelSnapshotUIDMapping: "0:x:1", snapshots.LabelSnapshotGIDMapping: "0:1:1"},
+		"uid map alone": {snapshots.LabelSnapshotUIDMapping: "0:1000:1"},
+		"no root":       {snapshots.LabelSnapshotUIDMapping: "1:1000:10", snapshots.LabelSnapshotGIDMapping: "0:1000:10"},
+		"empty range":   {snapshots.LabelSnapshotUIDMapping: "0:1000:0", snapshots.LabelSnapshotGIDMapping: "0:1000:1"},
+		"past the top":  {snapshots.LabelSnapshotUIDMapping: "0:4294967290:100", snapshots.LabelSnapshotGIDMapping: "0:1000:1"},
+		"two fields":    {snapshots.LabelSnapshotUIDMapping: "0:1000", snapshots.LabelSnapshotGIDMapping: "0:1000:1"},
+	} {
+		_, err := sn.Prepare(context.Background(), "bad-"+name, "", snapshots.WithLabels(labels))
+		if !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+}
+
+func layerNames(t *testing.T, root string) []string {
+	t.Helper()
+	es, err := os.ReadDir(filepath.Join(root, "layers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
