@@ -43,6 +43,7 @@ integration: tools
 tools:
 	integration/tools/install.sh >/dev/null
 	integration/tools/kubernetes.sh >/dev/null
+	integration/tools/runc.sh >/dev/null
 
 # The fast subset: skips containerd's suites, the 500-layer chain and the
 # integration tests.

@@ -89,6 +89,11 @@ func newCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// User-namespaced pods' roots (host IDs far from 0) must reach their
+	// bundles and kubelet files under it, as under /run and /var/lib.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	c := &cluster{t: t, dir: dir, kubeconfig: filepath.Join(dir, "admin.kubeconfig")}
 	c.e = &Env{
 		t:          t,

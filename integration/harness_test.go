@@ -256,8 +256,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   type = "snapshot"
   address = %q
 `, e.StrataSock)
+		// remap-ids as containerd-config writes it on this kernel, which
+		// does idmapped mounts; rebase only for parallel unpack.
 		if e.opts.ParallelUnpack {
-			b.WriteString("  capabilities = [\"rebase\"]\n")
+			b.WriteString("  capabilities = [\"rebase\", \"remap-ids\"]\n")
+		} else {
+			b.WriteString("  capabilities = [\"remap-ids\"]\n")
 		}
 	}
 	fmt.Fprintf(&b, `
@@ -297,7 +301,13 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = %q
-`, hostsDir, pauseImage, filepath.Join(e.Dir, "cni"))
+
+# runc 1.2+ (tools/runc.sh): user-namespaced pods need its idmapped mounts.
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+    BinaryName = %q
+`, hostsDir, pauseImage, filepath.Join(e.Dir, "cni"), filepath.Join(runcBin, "runc"))
 	}
 	return b.String()
 }

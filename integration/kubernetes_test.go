@@ -115,6 +115,7 @@ func TestKubernetesNode(t *testing.T) {
 	if out := c.kubectl("exec", "steady", "--", "cat", "/l2"); out != "layer 2\n" {
 		t.Errorf("after the update, kubectl exec printed %q", out)
 	}
+	c.userNamespacePod("userns-strata", m.RuntimeClass.Name, imgThreeLayers)
 
 	// Default-snapshotter mode: the same node, switched with the variant.
 	c.kubectl("apply", "-k", "../deploy/kubernetes/default-snapshotter")
@@ -182,6 +183,7 @@ images:
 		}
 		return used >= 8<<20, fmt.Sprintf("the kubelet reports %d bytes in on-default's writable layer, want at least 8 MiB", used)
 	})
+	c.userNamespacePod("userns-default", "", imgSharedA)
 	// ... and evicts a pod whose writable layer passes its limit.
 	c.applyPod(podSpec{name: "over-limit", image: imgSharedA, ephemeralLimit: "4Mi",
 		script: "busybox dd if=/dev/zero of=/written bs=1M count=8 2>/dev/null; exec sleep 3600"})
@@ -214,10 +216,58 @@ images:
 	c.noContainerdRestart("by the end of the test")
 }
 
+// userNamespacePod runs a hostUsers: false pod on strata: it sees its
+// image owned by its own root through idmapped mounts and can write, and
+// strata makes no copy of the image for it (its committed snapshots are the
+// same before and after).
+func (c *cluster) userNamespacePod(name, runtimeClass, image string) {
+	c.t.Helper()
+	before := c.strataCommitted()
+	c.applyPod(podSpec{name: name, runtimeClass: runtimeClass, image: image, ownUsers: true,
+		script: "cat /proc/self/uid_map; ls -ln /l3; echo written > /new; cat /new; exec sleep 3600"})
+	r := c.waitRunning(name)
+	// containerd mounts strata's layer directory idmapped at a temporary
+	// place and stacks the layers from there: the same layers, by name.
+	lower, upper := rootOverlay(c.t, r.containerID)
+	c.underStrata(name, nil, upper)
+	for _, l := range lower {
+		if _, err := os.Stat(filepath.Join(hostStrataRoot, "layers", filepath.Base(l))); err != nil || !strings.Contains(l, "idmapped") {
+			c.t.Errorf("pod %s's lower directory %s is not an idmapped view of a strata layer: %v", name, l, err)
+		}
+	}
+	out := c.kubectl("logs", name)
+	f := strings.Fields(out)
+	if len(f) < 3 || f[0] != "0" || f[1] == "0" {
+		c.t.Errorf("pod %s's uid_map is not a user namespace's:\n%s", name, out)
+	}
+	if !strings.Contains(out, " 0 ") || !strings.HasSuffix(out, "written\n") {
+		c.t.Errorf("in pod %s the image's files are not owned by its root, or the write failed:\n%s", name, out)
+	}
+	if after := c.strataCommitted(); after != before {
+		c.t.Errorf("a user-namespaced pod made strata hold %d committed snapshots, %d before: the image was copied", after, before)
+	}
+	c.kubectl("delete", "pod", name, "--wait")
+}
+
+// strataCommitted counts the committed snapshots containerd's CRI
+// namespace has in strata.
+func (c *cluster) strataCommitted() int {
+	c.t.Helper()
+	out := c.e.run(filepath.Join(toolsBin, "ctr"), "--address", hostContainerdSock, "--namespace", "k8s.io", "snapshots", "--snapshotter", "strata", "ls")
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[len(f)-1] == "Committed" {
+			n++
+		}
+	}
+	return n
+}
+
 // podSpec is a test pod in the default namespace.
 type podSpec struct {
 	name, runtimeClass, image, script string
 	ephemeralLimit                    string
+	ownUsers                          bool // hostUsers: false
 }
 
 func (c *cluster) applyPod(p podSpec) {
@@ -225,6 +275,9 @@ func (c *cluster) applyPod(p podSpec) {
 	var extra, limits string
 	if p.runtimeClass != "" {
 		extra = "\n  runtimeClassName: " + p.runtimeClass
+	}
+	if p.ownUsers {
+		extra += "\n  hostUsers: false"
 	}
 	if p.ephemeralLimit != "" {
 		limits = fmt.Sprintf("\n    resources:\n      limits:\n        ephemeral-storage: %s", p.ephemeralLimit)

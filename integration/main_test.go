@@ -24,6 +24,7 @@ var (
 	registry     string // host:port of the test registry
 	hostsDir     string // containerd hosts.toml directory: the registry is plain HTTP
 	pauseImage   string
+	runcBin      string // runc 1.2+, for user namespaces with idmapped mounts
 )
 
 func TestMain(m *testing.M) {
@@ -60,6 +61,10 @@ func mainWithCleanup(m *testing.M) int {
 	}
 	if kubeBin, err = installTools("./tools/kubernetes.sh"); err != nil {
 		fmt.Fprintln(os.Stderr, "install kubernetes:", err)
+		return 1
+	}
+	if runcBin, err = installTools("./tools/runc.sh"); err != nil {
+		fmt.Fprintln(os.Stderr, "install runc:", err)
 		return 1
 	}
 	strataBinary = filepath.Join(work, "strata-snapshotter")

@@ -31,6 +31,7 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/filters"
+	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -165,6 +166,9 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		return nil, err
 	}
 	s.warnIfDeepChainsCannotMount(ctx)
+	if ok, err := overlayutils.SupportsIDMappedMounts(); !ok {
+		log.G(ctx).WithError(err).Warn("this kernel has no idmapped mounts: snapshots for user namespaces (uid/gid mapping labels) will not mount; leave remap-ids out of containerd's config, and containerd copies the image instead")
+	}
 	return s, nil
 }
 
