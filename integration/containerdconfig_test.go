@@ -22,7 +22,7 @@ func TestPatchedDefaultConfigLoads(t *testing.T) {
 		t.Fatalf("patch said %q", out)
 	}
 	dump := e.run(filepath.Join(toolsBin, "containerd"), "--config", cfg, "config", "dump")
-	for _, want := range []string{"[proxy_plugins.strata]", "address = '/run/strata/strata.sock'", "capabilities = ['rebase']", "root = '/var/lib/strata'", "snapshotter = 'strata'"} {
+	for _, want := range []string{"[proxy_plugins.strata]", "address = '/run/strata/strata.sock'", "capabilities = ['rebase', 'remap-ids']", "root = '/var/lib/strata'", "snapshotter = 'strata'"} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("containerd's view of the patched config lacks %q", want)
 		}
