@@ -2,6 +2,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -26,7 +27,7 @@ func TestUserNamespaceCtr(t *testing.T) {
 	for _, sn := range []string{"overlayfs", "strata"} {
 		t.Run(sn, func(t *testing.T) {
 			e.ctr("images", "pull", "--plain-http", "--hosts-dir", hostsDir, "--snapshotter", sn, imgThreeLayers)
-			committed, bytes := committedUsage(e, sn)
+			committed, bytes := committedUsage(e, sn, namespace)
 			id := "userns-" + sn
 			out := e.ctr("run", "--snapshotter", sn, "--runc-binary", filepath.Join(runcBin, "runc"),
 				"--remap-labels", "--uidmap", mapping, "--gidmap", mapping, imgThreeLayers, id,
@@ -38,7 +39,7 @@ func TestUserNamespaceCtr(t *testing.T) {
 			if !strings.Contains(out, " 0 ") || !strings.HasSuffix(out, "written\n") {
 				t.Fatalf("inside, the image's files are not owned by the container's root, or the write failed:\n%s", out)
 			}
-			after, afterBytes := committedUsage(e, sn)
+			after, afterBytes := committedUsage(e, sn, namespace)
 			t.Logf("%s: committed snapshots %d -> %d, bytes %d -> %d", sn, committed, after, bytes, afterBytes)
 			if after != committed || afterBytes != bytes {
 				t.Errorf("%s: a user-namespaced container copied the image: committed snapshots %d -> %d, bytes %d -> %d", sn, committed, after, bytes, afterBytes)
@@ -48,17 +49,20 @@ func TestUserNamespaceCtr(t *testing.T) {
 	}
 }
 
-// committedUsage counts a snapshotter's committed snapshots in the test
+// committedUsage counts a snapshotter's committed snapshots in a containerd
 // namespace and the bytes they hold, as ctr reports them.
-func committedUsage(e *Env, sn string) (n int, bytes int64) {
+func committedUsage(e *Env, sn, ns string) (n int, bytes int64) {
 	e.t.Helper()
+	ctr := func(args ...string) string {
+		return e.run(append([]string{filepath.Join(toolsBin, "ctr"), "--address", e.Sock, "--namespace", ns}, args...)...)
+	}
 	kinds := map[string]bool{}
-	for _, line := range strings.Split(strings.TrimSpace(e.ctr("snapshots", "--snapshotter", sn, "ls")), "\n")[1:] {
+	for _, line := range strings.Split(strings.TrimSpace(ctr("snapshots", "--snapshotter", sn, "ls")), "\n")[1:] {
 		if f := strings.Fields(line); len(f) >= 2 && f[len(f)-1] == "Committed" {
 			kinds[f[0]] = true
 		}
 	}
-	for _, line := range strings.Split(strings.TrimSpace(e.ctr("snapshots", "--snapshotter", sn, "usage", "-b")), "\n")[1:] {
+	for _, line := range strings.Split(strings.TrimSpace(ctr("snapshots", "--snapshotter", sn, "usage", "-b")), "\n")[1:] {
 		f := strings.Fields(line)
 		if len(f) >= 2 && kinds[f[0]] {
 			v, err := strconv.ParseInt(f[1], 10, 64)
@@ -69,4 +73,70 @@ func committedUsage(e *Env, sn string) (n int, bytes int64) {
 		}
 	}
 	return len(kinds), bytes
+}
+
+// TestUserNamespaceCRI does what the kubelet does for a hostUsers: false
+// pod, with crictl: a pod sandbox and a container with user-namespace
+// options on strata, CRI's snapshotter. The container's root owns its
+// image, writes work, and strata holds no copy of the image.
+func TestUserNamespaceCRI(t *testing.T) {
+	e := newEnv(t, EnvOptions{CRI: true})
+	if err := os.Chmod(e.Dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	// A pod network of its own: sysfs mounts only in a network namespace
+	// the user namespace owns.
+	cni := filepath.Join(e.Dir, "cni")
+	if err := os.MkdirAll(cni, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const bridge, network = "strata-cri0", "strata-cri-test"
+	t.Cleanup(func() {
+		exec.Command("ip", "link", "del", bridge).Run()
+		os.RemoveAll("/var/lib/cni/networks/" + network)
+	})
+	// Before the Env's teardown stops containerd: pods go through CRI, so
+	// their network namespaces go with them, whatever the test did.
+	t.Cleanup(func() { e.try(e.crictlArgs("rmp", "--all", "--force")...) })
+	if err := os.WriteFile(filepath.Join(cni, "10-test.conflist"), []byte(`{"cniVersion": "1.0.0", "name": "`+network+`", "plugins": [
+  {"type": "bridge", "bridge": "`+bridge+`", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.254.3.0/24"}]]}}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.crictl("pull", pauseImage)
+	e.crictl("pull", imgThreeLayers)
+	committed, bytes := committedUsage(e, "strata", "k8s.io")
+	ids := []map[string]any{{"host_id": 200000, "container_id": 0, "length": 65536}}
+	// The kubelet gives the sandbox and each container the pod's mapping.
+	linux := map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{
+		"userns_options": map[string]any{"mode": 0, "uids": ids, "gids": ids}, // POD
+	}}}
+	pod := e.writeJSON("userns-pod.json", map[string]any{
+		"metadata":      map[string]any{"name": "userns-pod", "namespace": "default", "uid": "userns-pod-uid", "attempt": 0},
+		"log_directory": filepath.Join(e.Dir, "pods"),
+		"linux":         linux,
+	})
+	ctr := e.writeJSON("userns-container.json", map[string]any{
+		"metadata": map[string]any{"name": "main"},
+		"image":    map[string]any{"image": imgThreeLayers},
+		"command":  []string{"/bin/sh", "-c", "sleep 3600"},
+		"log_path": "main.log",
+		"linux":    linux,
+	})
+	podID := strings.TrimSpace(e.crictl("runp", pod))
+	cid := strings.TrimSpace(e.crictl("create", podID, ctr, pod))
+	e.crictl("start", cid)
+	out := e.crictl("exec", "-s", cid, "/bin/sh", "-c", "cat /proc/self/uid_map; ls -ln /l3; echo written > /new; cat /new")
+	if f := strings.Fields(out); len(f) < 3 || f[0] != "0" || f[1] != "200000" {
+		t.Errorf("the container's uid_map is not the pod's mapping:\n%s", out)
+	}
+	if !strings.Contains(out, " 0 ") || !strings.HasSuffix(strings.TrimSpace(out), "written") {
+		t.Errorf("inside, the image's files are not owned by the container's root, or the write failed:\n%s", out)
+	}
+	if after, afterBytes := committedUsage(e, "strata", "k8s.io"); after != committed || afterBytes != bytes {
+		t.Errorf("a user-namespaced pod copied the image: committed snapshots %d -> %d, bytes %d -> %d", committed, after, bytes, afterBytes)
+	}
+	e.crictl("stop", "--timeout", "0", cid)
+	e.crictl("rm", cid)
+	e.crictl("stopp", podID)
+	e.crictl("rmp", podID)
 }
