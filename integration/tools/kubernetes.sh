@@ -19,11 +19,7 @@ bin="$(tools_bin "$here/kubernetes.env" "k8s-")"
 
 log() { echo "kubernetes.sh: $*" >&2; }
 
-if [ -f "$bin/.complete" ]; then
-	log "kubernetes cached in $bin"
-	echo "$bin"
-	exit 0
-fi
+exit_if_built "$bin"
 
 log "building kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION into $bin (first run only)"
 rm -rf "$(dirname "$bin")"

@@ -13,21 +13,9 @@ bin="$(tools_bin "$here/runc.env" "runc-")"
 
 log() { echo "runc.sh: $*" >&2; }
 
-need_apt=()
-for p in $RUNC_APT_PACKAGES; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$p")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-	log "apt-get install ${need_apt[*]}"
-	apt-get update -q >&2
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >&2
-fi
+apt_install $RUNC_APT_PACKAGES
 
-if [ -f "$bin/.complete" ]; then
-	log "runc cached in $bin"
-	echo "$bin"
-	exit 0
-fi
+exit_if_built "$bin"
 log "building runc $RUNC_VERSION into $bin (first run only)"
 rm -rf "$(dirname "$bin")"
 mkdir -p "$bin"
