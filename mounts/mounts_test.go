@@ -140,3 +140,43 @@ func TestDataSizeMatchesKernel(t *testing.T) {
 		t.Logf("%d bytes of options with %d lower directories: mounted=%v", tc.size, n, err == nil)
 	}
 }
+
+// TestDeepChainMountsWithMapping: the deepest chain strata allows, 500
+// layers with its 6-character names, still mounts for a user namespace:
+// containerd's mount code remounts the layers' directory idmapped at a
+// temporary place, stacks the layers from there, and compacts the options
+// to fit mount(2)'s page, as Check counts them.
+func TestDeepChainMountsWithMapping(t *testing.T) {
+	testutil.RequiresRoot(t)
+	dir := t.TempDir()
+	ls := make([]string, MaxLowerDirs)
+	for i := range ls {
+		ls[i] = filepath.Join(dir, "layers", fmt.Sprintf("%06d", i))
+		if err := os.MkdirAll(ls[i], 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req := Request{
+		Writable: true,
+		Dir:      filepath.Join(dir, "layers", "UPPER0"),
+		WorkDir:  filepath.Join(dir, "work", "UPPER0"),
+		Parents:  ls,
+		Mapping:  []string{"uidmap=0:200000:65536", "gidmap=0:200000:65536"},
+	}
+	for _, d := range []string{req.Dir, req.WorkDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms := For(req)
+	if err := Check(ms); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	target := t.TempDir()
+	if err := mount.All(ms, target); err != nil {
+		t.Fatalf("a %d-layer chain with an ID mapping did not mount: %v", len(ls), err)
+	}
+	if err := mount.UnmountAll(target, 0); err != nil {
+		t.Fatal(err)
+	}
+}
