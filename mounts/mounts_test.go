@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/internal/testutil"
 )
@@ -172,6 +175,24 @@ func TestDeepChainMountsWithMapping(t *testing.T) {
 	if err := Check(ms); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
+	// containerd's idmapped remount of the layers' directory goes under
+	// the temporary directory; its unmount retries for a bounded time,
+	// which a slow (race-instrumented) run can outlast. Leave none behind,
+	// touching only this test's: new, and no overlay stacked on it (tests
+	// in other packages may be mounting theirs meanwhile).
+	temp := filepath.Join(os.TempDir(), "ovl-idmapped*")
+	before, _ := filepath.Glob(temp)
+	t.Cleanup(func() {
+		overlays, _ := mountinfo.GetMounts(mountinfo.FSTypeFilter("overlay"))
+		after, _ := filepath.Glob(temp)
+		for _, p := range after {
+			used := slices.ContainsFunc(overlays, func(m *mountinfo.Info) bool { return strings.Contains(m.VFSOptions, p+"/") })
+			if !slices.Contains(before, p) && !used {
+				unix.Unmount(p, unix.MNT_DETACH)
+				os.Remove(p)
+			}
+		}
+	})
 	target := t.TempDir()
 	if err := mount.All(ms, target); err != nil {
 		t.Fatalf("a %d-layer chain with an ID mapping did not mount: %v", len(ls), err)
