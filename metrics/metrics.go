@@ -59,7 +59,11 @@ func New(src StatsSource, version string) *Metrics {
 	return m
 }
 
-func (m *Metrics) observe(method string, start time.Time, err error) {
+// observe counts and times a call, unless it is a health probe's.
+func (m *Metrics) observe(ctx context.Context, method string, start time.Time, err error) {
+	if isProbe(ctx) {
+		return
+	}
 	method = path.Base(method) // "/containerd.services.snapshots.v1.Snapshots/Prepare" -> "Prepare"
 	m.requests.WithLabelValues(method).Inc()
 	m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
@@ -87,9 +91,7 @@ func isProbe(ctx context.Context) bool {
 func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)
-	if !isProbe(ctx) {
-		m.observe(info.FullMethod, start, err)
-	}
+	m.observe(ctx, info.FullMethod, start, err)
 	return resp, err
 }
 
@@ -97,9 +99,7 @@ func (m *Metrics) UnaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 func (m *Metrics) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
 	err := handler(srv, ss)
-	if !isProbe(ss.Context()) {
-		m.observe(info.FullMethod, start, err)
-	}
+	m.observe(ss.Context(), info.FullMethod, start, err)
 	return err
 }
 
