@@ -123,10 +123,7 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 	}
 
 	if o.CRI {
-		table, key := []string{"plugins", criImagesV3}, "snapshotter"
-		if version == 2 {
-			table = []string{"plugins", criV2, "containerd"}
-		}
+		table, key := criTable(version), "snapshotter"
 		if dig(doc, append(table, key)...) != "strata" {
 			t.setKey(table, key, `"strata"`)
 		}
@@ -141,6 +138,23 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
 	return out, string(out) != string(in), nil
 }
 
+// criTable is the table holding CRI's snapshotter in a config of version.
+func criTable(version int64) []string {
+	if version == 2 {
+		return []string{"plugins", criV2, "containerd"}
+	}
+	return []string{"plugins", criImagesV3}
+}
+
+// runtimesTable is the table holding CRI's runtimes and default runtime in
+// a config of version.
+func runtimesTable(version int64) []string {
+	if version == 2 {
+		return []string{"plugins", criV2, "containerd"}
+	}
+	return []string{"plugins", criRuntimeV3, "containerd"}
+}
+
 // check decodes the patched file and checks it says what was asked. The
 // edits work on tables written as [headers]; a key the file sets another
 // way (dotted keys, an inline table) would leave the file invalid or
@@ -151,12 +165,8 @@ func check(out []byte, version int64, o Options) error {
 	if err := toml.Unmarshal(out, &doc); err != nil {
 		return fmt.Errorf("the patched file would not parse (%v): the file sets a key strata edits in a form this tool does not edit (dotted keys or an inline table); register strata by hand", err)
 	}
-	runtimes := []string{"plugins", criRuntimeV3, "containerd"}
-	cri := []string{"plugins", criImagesV3, "snapshotter"}
-	if version == 2 {
-		runtimes = []string{"plugins", criV2, "containerd"}
-		cri = []string{"plugins", criV2, "containerd", "snapshotter"}
-	}
+	runtimes := runtimesTable(version)
+	cri := append(criTable(version), "snapshotter")
 	type setting struct {
 		path  []string
 		value string
@@ -199,10 +209,7 @@ func patchRuntimes(doc map[string]any, t *text, version int64, o Options) error 
 	if o.RuntimeHandler == "" {
 		return nil
 	}
-	base := []string{"plugins", criRuntimeV3, "containerd"}
-	if version == 2 {
-		base = []string{"plugins", criV2, "containerd"}
-	}
+	base := runtimesTable(version)
 	// The runtime strata's handler copies: the bootstrap handler, or the
 	// default runtime.
 	from := o.BootstrapHandler
