@@ -45,6 +45,15 @@ type Snapshot struct {
 	GraphDriver GraphDriver `json:"graph_driver"`
 	// Mounts are what strata returns for an active snapshot or a view.
 	Mounts []mount.Mount `json:"mounts,omitempty"`
+	// IDMapping is the user namespace the snapshot was made for.
+	IDMapping *IDMapping `json:"id_mapping,omitempty"`
+}
+
+// IDMapping is a user namespace's ID ranges, each containerID:hostID:size,
+// comma-separated, as containerd's mapping labels give them.
+type IDMapping struct {
+	UIDs string `json:"uids"`
+	GIDs string `json:"gids"`
 }
 
 // Usage is a layer's own usage.
@@ -141,6 +150,9 @@ func list(ctx context.Context, src Source) ([]Snapshot, error) {
 			Mounts:   d.Mounts,
 		}
 		sort.Strings(s.Children)
+		if d.UIDMapping != "" {
+			s.IDMapping = &IDMapping{UIDs: d.UIDMapping, GIDs: d.GIDMapping}
+		}
 		s.GraphDriver.Name = "strata"
 		s.GraphDriver.Data.LowerDir = strings.Join(d.LowerDirs, ":")
 		s.GraphDriver.Data.UpperDir = d.Dir

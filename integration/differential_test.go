@@ -618,8 +618,8 @@ func diffLayers(t *testing.T, want, got layerTar, unchanged bool) {
 		// The runtime's mount points and what the script does not pin
 		// carry the wall clock's mtimes: compare only the pinned ones.
 		// The digests differ for that reason too.
-		unpinMtimes(want.entries)
-		unpinMtimes(got.entries)
+		unpinMtimes(want.entries, pinnedMtimes)
+		unpinMtimes(got.entries, pinnedMtimes)
 	} else if want.diffID != got.diffID {
 		t.Errorf("unchanged container: committed layer %s on overlayfs, %s on strata", want.diffID, got.diffID)
 	}
@@ -679,19 +679,29 @@ func (c *cdClient) topLayer(t *testing.T, ref string) layerTar {
 		t.Fatalf("layer %s of %s: %v", desc.Digest, ref, err)
 	}
 	defer r.Close()
-	l := layerTar{diffID: cfg.RootFS.DiffIDs[len(cfg.RootFS.DiffIDs)-1].String(), entries: map[string]node{}}
+	l, err := readLayer(r)
+	if err != nil {
+		t.Fatalf("layer %s of %s: %v", desc.Digest, ref, err)
+	}
+	l.diffID = cfg.RootFS.DiffIDs[len(cfg.RootFS.DiffIDs)-1].String()
+	return l
+}
+
+// readLayer reads an uncompressed layer tar's entries.
+func readLayer(r io.Reader) (layerTar, error) {
+	l := layerTar{entries: map[string]node{}}
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			return l
+			return l, nil
 		}
 		if err != nil {
-			t.Fatalf("layer %s of %s: %v", desc.Digest, ref, err)
+			return l, err
 		}
 		name := "/" + strings.TrimSuffix(h.Name, "/")
 		if l.entries[name], err = tarNode(h, tr); err != nil {
-			t.Fatalf("layer %s of %s: %s: %v", desc.Digest, ref, h.Name, err)
+			return l, fmt.Errorf("%s: %w", h.Name, err)
 		}
 		l.order = append(l.order, name)
 	}
@@ -735,10 +745,10 @@ func tarNode(h *tar.Header, body io.Reader) (node, error) {
 	return n, nil
 }
 
-// unpinMtimes drops the times of every entry changeScript does not pin.
-func unpinMtimes(entries map[string]node) {
+// unpinMtimes drops the times of every entry but the pinned ones.
+func unpinMtimes(entries map[string]node, pinned []string) {
 	for name, n := range entries {
-		if !slices.Contains(pinnedMtimes, strings.TrimPrefix(name, "/")) {
+		if !slices.Contains(pinned, strings.TrimPrefix(name, "/")) {
 			delete(n, "mtime")
 			delete(n, "atime")
 			delete(n, "ctime")

@@ -1,20 +1,35 @@
 package integration
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/strata-snapshotter/strata/admin"
 )
+
+// usernsChanges is what the user-namespaced container changes, as its own
+// root, in the three-layers image: a new file and directory, a lower file
+// appended to, chown-ed and deleted. It pins the mtimes of what it changed.
+const usernsChanges = `echo written > /new; cat /new
+mkdir /d; echo x > /d/f
+echo appended >> /l2; chown 1000:1001 /l3; rm /lower-file
+touch -d '2002-03-04 05:06:07' /new /d /d/f /l2 /l3`
 
 // TestUserNamespaceCtr runs a user-namespaced container (ctr run
 // --remap-labels --uidmap --gidmap, with runc 1.2+) on containerd's
 // overlayfs and on strata side by side in one containerd: on both it sees
 // its image owned by its own root through idmapped mounts and can write,
-// and neither makes a copy of the image (committed snapshots and their
-// bytes are the same before and after).
+// neither makes a copy of the image (committed snapshots and their bytes
+// are the same before and after), and the diff containerd computes of the
+// container's changes (what a commit records) is the same entry by entry.
 func TestUserNamespaceCtr(t *testing.T) {
 	e := newEnv(t, EnvOptions{})
 	// The container's root (host ID 200000) must reach its bundle under
@@ -24,14 +39,15 @@ func TestUserNamespaceCtr(t *testing.T) {
 		t.Fatal(err)
 	}
 	const mapping = "0:200000:65536"
-	for _, sn := range []string{"overlayfs", "strata"} {
+	changes := map[string]layerTar{}
+	for _, sn := range []string{refSn, testSn} {
 		t.Run(sn, func(t *testing.T) {
 			e.ctr("images", "pull", "--plain-http", "--hosts-dir", hostsDir, "--snapshotter", sn, imgThreeLayers)
 			committed, bytes := committedUsage(e, sn, namespace)
 			id := "userns-" + sn
 			out := e.ctr("run", "--snapshotter", sn, "--runc-binary", filepath.Join(runcBin, "runc"),
 				"--remap-labels", "--uidmap", mapping, "--gidmap", mapping, imgThreeLayers, id,
-				"/bin/sh", "-c", "cat /proc/self/uid_map; ls -ln /l3; echo written > /new; cat /new")
+				"/bin/sh", "-c", "cat /proc/self/uid_map; ls -ln /l3\n"+usernsChanges)
 			f := strings.Fields(out)
 			if len(f) < 3 || f[0] != "0" || f[1] != "200000" || f[2] != "65536" {
 				t.Fatalf("the container's uid_map is not the mapping:\n%s", out)
@@ -44,8 +60,44 @@ func TestUserNamespaceCtr(t *testing.T) {
 			if after != committed || afterBytes != bytes {
 				t.Errorf("%s: a user-namespaced container copied the image: committed snapshots %d -> %d, bytes %d -> %d", sn, committed, after, bytes, afterBytes)
 			}
+			if sn == testSn {
+				// The operator sees the container's mapping.
+				var s admin.Snapshot
+				for _, l := range e.du().Leaves {
+					if l.Kind == "active" {
+						if err := json.Unmarshal([]byte(e.strata("inspect", "--json", l.Key)), &s); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				if s.IDMapping == nil || s.IDMapping.UIDs != mapping || s.IDMapping.GIDs != mapping {
+					t.Errorf("strata-snapshotter inspect of the container: mapping %+v, want uids and gids %s", s.IDMapping, mapping)
+				}
+			}
+			// What a commit of the container records: the diff of its
+			// snapshot (named as the container) against its image.
+			diff := e.ctr("snapshots", "--snapshotter", sn, "diff", "--media-type", ocispec.MediaTypeImageLayer, id)
+			l, err := readLayer(strings.NewReader(diff))
+			if err != nil {
+				t.Fatalf("%s: the container's diff: %v", sn, err)
+			}
+			changes[sn] = l
 			e.ctr("containers", "rm", id)
 		})
+	}
+	want, got := changes[refSn], changes[testSn]
+	if want.entries["/new"] == nil {
+		t.Fatalf("overlayfs's diff of the container's changes does not hold /new: %q", want.order)
+	}
+	t.Logf("the diff of the container's changes: %d entries; /new is %s", len(want.entries), want.entries["/new"])
+	// Runtime mount points carry the wall clock's mtimes.
+	pinned := []string{"new", "d", "d/f", "l2", "l3"}
+	unpinMtimes(want.entries, pinned)
+	unpinMtimes(got.entries, pinned)
+	if d := diffNodes(want.entries, got.entries); len(d) > 0 {
+		t.Errorf("the diff of a user-namespaced container's changes: %d differences, overlayfs vs strata:\n%s", len(d), strings.Join(d, "\n"))
+	} else if !slices.Equal(want.order, got.order) {
+		t.Errorf("the diffs list their entries in different orders:\noverlayfs %q\nstrata    %q", want.order, got.order)
 	}
 }
 

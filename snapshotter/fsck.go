@@ -138,6 +138,9 @@ func checkRecord(ctx context.Context, l layout, s metadata.Snapshot, restoring m
 		add("snapshot %q: %s is a %v, not a directory", s.Key, dir, fi.Mode().Type())
 		return findings
 	}
+	if _, err := mappingOf(s.Labels); err != nil && s.Kind != snapshots.KindCommitted {
+		add("snapshot %q: its ID mapping cannot be used, and its mounts carry none: %v", s.Key, err)
+	}
 	if s.Kind == snapshots.KindActive && !s.Staged && !restoring[l.work(s.Dir)] {
 		if fi, err := os.Lstat(l.work(s.Dir)); err != nil || !fi.IsDir() {
 			add("active snapshot %q: its work directory %s is missing", s.Key, l.work(s.Dir))

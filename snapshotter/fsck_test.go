@@ -6,6 +6,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+
+	"github.com/strata-snapshotter/strata/metadata"
 )
 
 // TestFsck: a store left by a clean run is clean; each kind of damage is
@@ -19,6 +23,10 @@ func TestFsck(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := sn.View(ctx, "view", "base"); err != nil {
+		t.Fatal(err)
+	}
+	// A container in a user namespace is part of a clean store.
+	if _, err := sn.Prepare(ctx, "userns", "top", userNS); err != nil {
 		t.Fatal(err)
 	}
 	details, err := sn.Details(ctx)
@@ -54,6 +62,19 @@ func TestFsck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// And an ID mapping no mount can carry, written past strata's checks.
+	db, err := metadata.Open(ctx, layout{root: root}.dbPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *metadata.Tx) error {
+		_, err := tx.Update(snapshots.Info{Name: "userns", Labels: map[string]string{snapshots.LabelSnapshotUIDMapping: "0:x:1"}}, "labels."+snapshots.LabelSnapshotUIDMapping)
+		return err
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	r, err = Fsck(ctx, root, FsckOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +86,7 @@ func TestFsck(t *testing.T) {
 		"tmp-1 belongs to no snapshot",
 		"rm-ZZZZZZ belongs to no snapshot",
 		"QQQQQQ belongs to no snapshot",
+		`snapshot "userns": its ID mapping cannot be used`,
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("findings lack %q:\n%s", want, all)
@@ -93,7 +115,7 @@ func TestFsck(t *testing.T) {
 		}
 	}
 	r, _ = Fsck(ctx, root, FsckOptions{})
-	if len(r.Findings) != 2 {
-		t.Fatalf("after repair: %q, want only the two unrepairable findings", r.Findings)
+	if len(r.Findings) != 3 {
+		t.Fatalf("after repair: %q, want only the three unrepairable findings", r.Findings)
 	}
 }

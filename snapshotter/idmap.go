@@ -8,6 +8,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+
+	"github.com/strata-snapshotter/strata/metadata"
 )
 
 // idMapping is the user namespace a snapshot is for: containerd's remap-ids
@@ -73,6 +75,25 @@ func mappedRoot(ranges string) (int, error) {
 		return 0, fmt.Errorf("no range maps the container's root (ID 0)")
 	}
 	return root, nil
+}
+
+// keepsMapping refuses an update of an active snapshot's or a view's labels
+// that would change its ID mapping: its root is owned by the mapped root,
+// and what its container wrote is stored under the mapped IDs, so another
+// mapping would show it all under the wrong owners. containerd itself
+// passes the mapping labels through unchanged. A committed snapshot's
+// labels are free: it is never mounted with its own.
+func keepsMapping(old, updated metadata.Snapshot) error {
+	if old.Kind == snapshots.KindCommitted {
+		return nil
+	}
+	for _, k := range []string{snapshots.LabelSnapshotUIDMapping, snapshots.LabelSnapshotGIDMapping} {
+		if old.Labels[k] != updated.Labels[k] {
+			return fmt.Errorf("label %s of snapshot %q is its ID mapping, fixed when it was made (%q, not %q): %w",
+				k, old.Key, old.Labels[k], updated.Labels[k], errdefs.ErrFailedPrecondition)
+		}
+	}
+	return nil
 }
 
 // options are the mount options that hand the mapping to containerd.

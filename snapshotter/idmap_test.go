@@ -2,9 +2,11 @@ package snapshotter
 
 import (
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -64,6 +66,73 @@ func TestUserNamespaceSnapshot(t *testing.T) {
 	}
 	if len(vs) != 1 || vs[0].Type != "bind" || !slices.Contains(vs[0].Options, "uidmap=0:200000:65536") {
 		t.Fatalf("view mounts %+v", vs)
+	}
+}
+
+// TestUserNamespaceMappingIsFixed: Update cannot change an active
+// snapshot's or a view's mapping, but passes it through as containerd does
+// (all inherited labels with "labels", or other keys one by one).
+func TestUserNamespaceMappingIsFixed(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"file": "x"})
+	if _, err := sn.Prepare(ctx, "userns", "base", userNS); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sn.View(ctx, "userns-view", "base", userNS); err != nil {
+		t.Fatal(err)
+	}
+	mapping := map[string]string{
+		snapshots.LabelSnapshotUIDMapping: "0:200000:65536",
+		snapshots.LabelSnapshotGIDMapping: "0:300000:65536",
+	}
+	for _, key := range []string{"userns", "userns-view"} {
+		withOther := maps.Clone(mapping)
+		withOther["containerd.io/snapshot/other"] = "x"
+		if _, err := sn.Update(ctx, snapshots.Info{Name: key, Labels: withOther}, "labels"); err != nil {
+			t.Errorf("%s: an update that keeps the mapping: %v", key, err)
+		}
+		if _, err := sn.Update(ctx, snapshots.Info{Name: key, Labels: mapping}, "labels.containerd.io/snapshot/other"); err != nil {
+			t.Errorf("%s: an update of another label: %v", key, err)
+		}
+		for name, update := range map[string]func() error{
+			"changed": func() error {
+				_, err := sn.Update(ctx, snapshots.Info{Name: key, Labels: map[string]string{snapshots.LabelSnapshotUIDMapping: "0:100000:65536"}}, "labels."+snapshots.LabelSnapshotUIDMapping)
+				return err
+			},
+			"dropped": func() error {
+				_, err := sn.Update(ctx, snapshots.Info{Name: key}, "labels")
+				return err
+			},
+		} {
+			if err := update(); !errdefs.IsFailedPrecondition(err) {
+				t.Errorf("%s: mapping %s: %v, want FailedPrecondition", key, name, err)
+			}
+		}
+		ms, err := sn.Mounts(ctx, key)
+		if err != nil || !slices.Contains(ms[0].Options, "uidmap=0:200000:65536") {
+			t.Errorf("%s: after the refused updates, mounts %+v, %v", key, ms, err)
+		}
+	}
+}
+
+// TestUserNamespaceWithoutIdmappedMounts: where the kernel has no idmapped
+// mounts (this machine's has; the start-up probe's answer is overridden),
+// a snapshot for a user namespace is refused with FailedPrecondition, and
+// nothing is made.
+func TestUserNamespaceWithoutIdmappedMounts(t *testing.T) {
+	sn, root := newTestSnapshotter(t)
+	if !sn.idmapped {
+		t.Fatal("this kernel has idmapped mounts, but the start-up probe says it has none")
+	}
+	sn.idmapped = false
+	commitLayer(t, sn, "base", "", map[string]string{"file": "x"})
+	before := len(layerNames(t, root))
+	if _, err := sn.Prepare(context.Background(), "userns", "base", userNS); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "remap-ids") {
+		t.Errorf("Prepare for a user namespace without idmapped mounts: %v, want FailedPrecondition naming remap-ids", err)
+	}
+	if n := len(layerNames(t, root)); n != before {
+		t.Errorf("%d layer directories after the refused Prepare, want %d", n, before)
 	}
 }
 

@@ -27,6 +27,9 @@ type Detail struct {
 	WorkDir string
 	// Mounts are what Mounts returns, for active snapshots and views.
 	Mounts []mount.Mount
+	// UIDMapping and GIDMapping are the user namespace a snapshot was
+	// made for (containerID:hostID:size ranges), empty when none.
+	UIDMapping, GIDMapping string
 }
 
 // Details describes every snapshot. Committed layers are not walked; active
@@ -48,6 +51,9 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 			}
 			if rec.Kind != snapshots.KindCommitted {
 				d.Mounts = s.mounts(rec, chain)
+			}
+			if m, err := mappingOf(rec.Labels); err == nil && m != nil {
+				d.UIDMapping, d.GIDMapping = m.uids, m.gids
 			}
 			details = append(details, d)
 			return nil

@@ -81,6 +81,9 @@ type snapshotter struct {
 	syncRemove bool
 	commitSync bool
 	options    []string // overlay mount options
+	// idmapped: the kernel does idmapped mounts, which snapshots for a
+	// user namespace need.
+	idmapped bool
 
 	mu       sync.Mutex
 	closed   bool
@@ -166,8 +169,9 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		return nil, err
 	}
 	s.warnIfDeepChainsCannotMount(ctx)
-	if ok, err := overlayutils.SupportsIDMappedMounts(); !ok {
-		log.G(ctx).WithError(err).Warn("this kernel has no idmapped mounts: snapshots for user namespaces (uid/gid mapping labels) will not mount; leave remap-ids out of containerd's config, and containerd copies the image instead")
+	idmapped, probeErr := overlayutils.SupportsIDMappedMounts()
+	if s.idmapped = idmapped; !idmapped {
+		log.G(ctx).WithError(probeErr).Warn("this kernel has no idmapped mounts: snapshots for user namespaces (uid/gid mapping labels) are refused; leave remap-ids out of containerd's config, and containerd copies the image, chowned, instead")
 	}
 	return s, nil
 }
@@ -215,8 +219,14 @@ func (s *snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 	}
 	var rec metadata.Snapshot
 	err := s.db.Update(func(tx *metadata.Tx) (err error) {
-		rec, err = tx.Update(info, fieldpaths...)
-		return err
+		old, err := tx.Get(info.Name)
+		if err != nil {
+			return err
+		}
+		if rec, err = tx.Update(info, fieldpaths...); err != nil {
+			return err
+		}
+		return keepsMapping(old, rec)
 	})
 	if err != nil {
 		return snapshots.Info{}, resourceKind(err)
@@ -288,6 +298,10 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	mapping, err := mappingOf(info.Labels)
 	if err != nil {
 		return nil, err
+	}
+	if mapping != nil && !s.idmapped {
+		// Its mounts would fail in containerd, far from the cause.
+		return nil, fmt.Errorf("snapshot %q is for a user namespace, and this kernel has no idmapped mounts: leave remap-ids out of containerd's config for strata, and containerd copies the image instead: %w", key, errdefs.ErrFailedPrecondition)
 	}
 
 	// undo reverses, newest first, what the transaction did on disk when
@@ -413,7 +427,8 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) [
 		Parents:  parents,
 		Options:  s.options,
 	}
-	// The labels were checked when the snapshot was made.
+	// The labels were checked when the snapshot was made, and Update
+	// keeps them; fsck reports a record that holds bad ones.
 	if mapping, err := mappingOf(rec.Labels); err == nil {
 		req.Mapping = mapping.options()
 	}

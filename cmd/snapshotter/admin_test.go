@@ -114,6 +114,23 @@ func TestOperatorCommands(t *testing.T) {
 		}
 	}
 
+	// inspect of a container in a user namespace shows its mapping.
+	userns := map[string]string{snapshots.LabelSnapshotUIDMapping: "0:200000:65536", snapshots.LabelSnapshotGIDMapping: "0:300000:65536"}
+	if _, err := sn.Prepare(context.Background(), "userns", "img-b", snapshots.WithLabels(userns)); err != nil {
+		t.Fatal(err)
+	}
+	out, _, _ = d.subcommand(t, "inspect", "--json", "userns")
+	var us admin.Snapshot
+	if err := json.Unmarshal([]byte(out), &us); err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, out)
+	}
+	if want := (admin.IDMapping{UIDs: "0:200000:65536", GIDs: "0:300000:65536"}); us.IDMapping == nil || *us.IDMapping != want {
+		t.Errorf("inspect --json userns: mapping %+v, want %+v", us.IDMapping, want)
+	}
+	if human, _, _ := d.subcommand(t, "inspect", "userns"); !strings.Contains(human, "IDMapping:  uids 0:200000:65536 gids 0:300000:65536\n") {
+		t.Errorf("inspect userns shows no mapping:\n%s", human)
+	}
+
 	// inspect: the lower directories in the order the overlay mount uses.
 	out, _, _ = d.subcommand(t, "inspect", "--json", "ctr")
 	var s admin.Snapshot
@@ -136,7 +153,7 @@ func TestOperatorCommands(t *testing.T) {
 		t.Errorf("inspect ctr: %+v", s)
 	}
 	human, _, _ := d.subcommand(t, "inspect", "ctr")
-	for _, want := range []string{"LowerDir:", "UpperDir:", "WorkDir:", "Mount:", "type=overlay"} {
+	for _, want := range []string{"LowerDir:", "UpperDir:", "WorkDir:", "Mount:", "type=overlay", "IDMapping:  -\n"} {
 		if !strings.Contains(human, want) {
 			t.Errorf("inspect lacks %q:\n%s", want, human)
 		}

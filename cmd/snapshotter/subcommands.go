@@ -200,6 +200,11 @@ func cmdInspect(ctx context.Context, c *admin.Client, args []string, out io.Writ
 	row("Size", fmt.Sprintf("%s (%d bytes, %d allocated, %d inodes)", humanBytes(s.Usage.Bytes), s.Usage.Bytes, s.Usage.Size, s.Usage.Inodes))
 	row("Leaf", fmt.Sprint(s.Leaf))
 	row("Children", orDash(strings.Join(s.Children, " ")))
+	if m := s.IDMapping; m != nil {
+		row("IDMapping", fmt.Sprintf("uids %s gids %s", m.UIDs, m.GIDs))
+	} else {
+		row("IDMapping", "-")
+	}
 	row("UpperDir", s.GraphDriver.Data.UpperDir)
 	row("WorkDir", orDash(s.GraphDriver.Data.WorkDir))
 	lowers := strings.Split(s.GraphDriver.Data.LowerDir, ":")
