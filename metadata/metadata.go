@@ -15,6 +15,9 @@
 //	  ids/<id>          id (big-endian uint64) -> key; its sequence hands out ids
 //	  children/<p><c>   parent id + child id (big-endian) -> child key
 //	  dirs/<dir><id>    directory name + id of a snapshot using it -> nothing
+//	  refs/<n><ref><id> length (big-endian uint32) + value of a committed
+//	                    snapshot's containerd.io/snapshot.ref label + its id
+//	                    -> key: finds a layer without reading every record
 //
 // A directory usually has one snapshot. A committed layer's directory may
 // have several: the same layer (same chain id) committed again through
@@ -46,8 +49,9 @@ import (
 // SchemaVersion is the version of the layout described in the package
 // documentation. A file recording a newer version was written by a newer
 // strata and is refused rather than misread; an older one is migrated when
-// opened. Version 1 had dirs/<dir> -> id, one snapshot per directory.
-const SchemaVersion = 2
+// opened. Version 1 had dirs/<dir> -> id, one snapshot per directory;
+// version 2 had no refs.
+const SchemaVersion = 3
 
 var (
 	bucketRoot      = []byte("strata")
@@ -55,6 +59,7 @@ var (
 	bucketIDs       = []byte("ids")
 	bucketChildren  = []byte("children")
 	bucketDirs      = []byte("dirs")
+	bucketRefs      = []byte("refs")
 	keySchema       = []byte("schema")
 )
 
@@ -225,7 +230,7 @@ func createSchema(ctx context.Context, tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs} {
+	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs, bucketRefs} {
 		if _, err := root.CreateBucket(name); err != nil {
 			return err
 		}
@@ -242,10 +247,43 @@ func stampSchema(root *bolt.Bucket) error {
 // migrate brings a file of an older schema to the current one, inside the
 // transaction that opens it.
 func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
-	if from != 1 {
+	if from != 1 && from != 2 {
 		return fmt.Errorf("schema version %d is not one strata ever wrote: %w", from, errdefs.ErrDataLoss)
 	}
-	// Version 1 to 2: dirs/<dir> -> id becomes dirs/<dir><id>.
+	if from == 1 {
+		if err := migrateDirs(root); err != nil {
+			return err
+		}
+	}
+	if err := migrateRefs(root); err != nil {
+		return err
+	}
+	log.G(ctx).WithField("from", from).WithField("to", SchemaVersion).Info("migrated metadata database")
+	return stampSchema(root)
+}
+
+// migrateRefs (version 2 to 3) indexes every committed snapshot's layer
+// label.
+func migrateRefs(root *bolt.Bucket) error {
+	refs, err := root.CreateBucket(bucketRefs)
+	if err != nil {
+		return fmt.Errorf("migrate schema 2: %w", err)
+	}
+	sb := root.Bucket(bucketSnapshots)
+	return sb.ForEachBucket(func(k []byte) error {
+		s, err := readSnapshot(string(k), sb.Bucket(k))
+		if err != nil {
+			return fmt.Errorf("migrate schema 2: %w", err)
+		}
+		if ref := s.layerRef(); ref != "" {
+			return refs.Put(refKey(ref, s.ID), []byte(s.Key))
+		}
+		return nil
+	})
+}
+
+// migrateDirs (version 1 to 2): dirs/<dir> -> id becomes dirs/<dir><id>.
+func migrateDirs(root *bolt.Bucket) error {
 	dirs := root.Bucket(bucketDirs)
 	old := map[string][]byte{}
 	if err := dirs.ForEach(func(k, v []byte) error { old[string(k)] = append([]byte(nil), v...); return nil }); err != nil {
@@ -262,8 +300,7 @@ func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
 			return err
 		}
 	}
-	log.G(ctx).WithField("from", from).WithField("to", SchemaVersion).Info("migrated metadata database")
-	return stampSchema(root)
+	return nil
 }
 
 // Close closes the database. It is safe to call more than once.
@@ -293,6 +330,7 @@ type Tx struct {
 	ids       *bolt.Bucket
 	children  *bolt.Bucket
 	dirs      *bolt.Bucket
+	refs      *bolt.Bucket
 }
 
 func newTx(tx *bolt.Tx) *Tx {
@@ -303,6 +341,7 @@ func newTx(tx *bolt.Tx) *Tx {
 		ids:       root.Bucket(bucketIDs),
 		children:  root.Bucket(bucketChildren),
 		dirs:      root.Bucket(bucketDirs),
+		refs:      root.Bucket(bucketRefs),
 	}
 }
 

@@ -111,6 +111,9 @@ func TestMigrateSchema1(t *testing.T) {
 	// Rewrite it as strata of schema 1 wrote it.
 	editFile(t, path, func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketRoot)
+		if err := root.DeleteBucket(bucketRefs); err != nil {
+			return err
+		}
 		if err := root.DeleteBucket(bucketDirs); err != nil {
 			return err
 		}
@@ -150,6 +153,119 @@ func TestMigrateSchema1(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestMigrateSchema2: an index of schema 2 has no refs index; opening it
+// builds one from the committed snapshots' layer labels, and lookups by
+// layer find them.
+func TestMigrateSchema2(t *testing.T) {
+	db, path := openTest(t)
+	ref := map[string]string{snapshots.LabelSnapshotRef: "sha256:layer"}
+	err := db.Update(func(tx *Tx) error {
+		for _, k := range []string{"base", "other"} {
+			a, err := tx.Create(NewSnapshot{Key: k + "-a", Kind: snapshots.KindActive, Dir: "D" + k})
+			if err != nil {
+				return err
+			}
+			labels := ref
+			if k == "other" {
+				labels = nil
+			}
+			if _, err := tx.Commit(k+"-a", k, a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: labels}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	editFile(t, path, func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketRoot)
+		if err := root.DeleteBucket(bucketRefs); err != nil {
+			return err
+		}
+		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 2))
+	})
+	db, err = Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *Tx) error {
+		if v := tx.SchemaVersion(); v != SchemaVersion {
+			t.Errorf("schema %d after migration, want %d", v, SchemaVersion)
+		}
+		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
+			t.Errorf("layer lookup after migration: %q %v %v, want base", s.Key, ok, err)
+		}
+		if f := tx.Check(); len(f) != 0 {
+			t.Errorf("migrated index has findings: %q", f)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRefsIndex: the layer lookup follows commits, label updates and
+// removals, and the index stays consistent.
+func TestRefsIndex(t *testing.T) {
+	db, _ := openTest(t)
+	const layer = "sha256:layer"
+	find := func() string {
+		var key string
+		err := db.View(func(tx *Tx) error {
+			if f := tx.Check(); len(f) != 0 {
+				t.Errorf("findings: %q", f)
+			}
+			s, ok, err := tx.CommittedWithRef(layer, "")
+			if ok {
+				key = s.Key
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return key
+	}
+	update := func(labels map[string]string) {
+		err := db.Update(func(tx *Tx) error {
+			_, err := tx.Update(snapshots.Info{Name: "base", Labels: labels}, "labels."+snapshots.LabelSnapshotRef)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := create(t, db, "base-a", "", snapshots.KindActive)
+	err := db.Update(func(tx *Tx) error {
+		_, err := tx.Commit("base-a", "base", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: map[string]string{snapshots.LabelSnapshotRef: layer}})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := find(); k != "base" {
+		t.Fatalf("after commit: %q, want base", k)
+	}
+	update(nil)
+	if k := find(); k != "" {
+		t.Fatalf("after the label's removal: %q, want none", k)
+	}
+	update(map[string]string{snapshots.LabelSnapshotRef: layer})
+	if k := find(); k != "base" {
+		t.Fatalf("after the label is set again: %q, want base", k)
+	}
+	if err := db.Update(func(tx *Tx) error { _, err := tx.Remove("base"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if k := find(); k != "" {
+		t.Fatalf("after removal: %q, want none", k)
 	}
 }
 

@@ -236,6 +236,9 @@ func (t *Tx) Commit(key, name string, id uint64, usage Usage, base snapshots.Inf
 	if err := t.put(s); err != nil {
 		return Snapshot{}, err
 	}
+	if err := t.reindexRef(Snapshot{}, s); err != nil {
+		return Snapshot{}, err
+	}
 	if s.Parent != "" {
 		p, err := t.Get(s.Parent)
 		if err != nil {
@@ -277,6 +280,9 @@ func (t *Tx) Remove(key string) (Snapshot, error) {
 	if err := t.dirs.Delete(dirKey(s.Dir, s.ID)); err != nil {
 		return Snapshot{}, err
 	}
+	if err := t.reindexRef(s, Snapshot{}); err != nil {
+		return Snapshot{}, err
+	}
 	return s, nil
 }
 
@@ -311,9 +317,64 @@ func (t *Tx) Update(info snapshots.Info, fieldpaths ...string) (Snapshot, error)
 			return Snapshot{}, fmt.Errorf("cannot update field %q of snapshot %q (only labels and labels.KEY): %w", path, info.Name, errdefs.ErrInvalidArgument)
 		}
 	}
+	old := s
 	s.Labels = labels
 	s.Updated = time.Now().UTC()
-	return s, t.put(s)
+	if err := t.put(s); err != nil {
+		return Snapshot{}, err
+	}
+	return s, t.reindexRef(old, s)
+}
+
+// layerRef is the layer a committed snapshot holds by containerd's
+// unpacker's label, or "".
+func (s Snapshot) layerRef() string {
+	if s.Kind != snapshots.KindCommitted {
+		return ""
+	}
+	return s.Labels[snapshots.LabelSnapshotRef]
+}
+
+// reindexRef moves a snapshot's entry in the refs index from what old holds
+// to what updated holds (either may be the zero Snapshot: none).
+func (t *Tx) reindexRef(old, updated Snapshot) error {
+	if ref := old.layerRef(); ref != "" {
+		if err := t.refs.Delete(refKey(ref, old.ID)); err != nil {
+			return err
+		}
+	}
+	if ref := updated.layerRef(); ref != "" {
+		return t.refs.Put(refKey(ref, updated.ID), []byte(updated.Key))
+	}
+	return nil
+}
+
+func refPrefix(ref string) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(ref))), ref...)
+}
+
+func refKey(ref string, id uint64) []byte {
+	return append(refPrefix(ref), u64(id)...)
+}
+
+// committedHolding calls fn for each committed snapshot that holds the
+// layer ref names (Holds), from the index, until fn returns true.
+func (t *Tx) committedHolding(ref string, fn func(Snapshot) bool) error {
+	if s, err := t.Get(ref); err == nil && s.Kind == snapshots.KindCommitted && fn(s) {
+		return nil
+	}
+	prefix := refPrefix(ref)
+	c := t.refs.Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		s, err := t.Get(string(v))
+		if err != nil {
+			return fmt.Errorf("refs index entry for %s names %q: %w", ref, v, err)
+		}
+		if fn(s) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // Walk calls fn for every snapshot, in key order.
@@ -334,12 +395,11 @@ func (t *Tx) Walk(fn func(Snapshot) error) error {
 func (t *Tx) CommittedWithRef(ref, parent string) (Snapshot, bool, error) {
 	var found Snapshot
 	ok := false
-	err := t.Walk(func(s Snapshot) error {
-		if !ok && s.Kind == snapshots.KindCommitted && s.Parent == parent &&
-			s.Holds(ref) {
+	err := t.committedHolding(ref, func(s Snapshot) bool {
+		if s.Parent == parent {
 			found, ok = s, true
 		}
-		return nil
+		return ok
 	})
 	return found, ok, err
 }
@@ -351,14 +411,14 @@ func (t *Tx) CommittedWithRef(ref, parent string) (Snapshot, bool, error) {
 func (t *Tx) CommittedOnChain(ref, parentRef string) (Snapshot, bool, error) {
 	var found Snapshot
 	ok := false
-	err := t.Walk(func(s Snapshot) error {
-		if ok || s.Kind != snapshots.KindCommitted || s.Parent == "" || !s.Holds(ref) {
-			return nil
+	err := t.committedHolding(ref, func(s Snapshot) bool {
+		if s.Parent == "" {
+			return false
 		}
 		if p, err := t.Get(s.Parent); err == nil && p.Holds(parentRef) {
 			found, ok = s, true
 		}
-		return nil
+		return ok
 	})
 	return found, ok, err
 }
@@ -639,6 +699,17 @@ func (t *Tx) Check() []string {
 		dir, id := string(k[:len(k)-8]), binary.BigEndian.Uint64(k[len(k)-8:])
 		if d, ok := dirOfID[id]; !ok || d != dir {
 			add("directory index entry %q (snapshot id %d) belongs to no snapshot", dir, id)
+		}
+		return nil
+	})
+	for key, s := range records {
+		if ref := s.layerRef(); ref != "" && string(t.refs.Get(refKey(ref, s.ID))) != key {
+			add("committed snapshot %q holds layer %s, which the refs index does not give to it", key, ref)
+		}
+	}
+	_ = t.refs.ForEach(func(k, v []byte) error {
+		if s, ok := records[string(v)]; !ok || !bytes.Equal(refKey(s.layerRef(), s.ID), k) {
+			add("refs index entry %q names %q, which does not hold that layer", k, v)
 		}
 		return nil
 	})
