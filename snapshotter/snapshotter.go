@@ -35,7 +35,6 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/metadata"
 	"github.com/strata-snapshotter/strata/mounts"
@@ -80,6 +79,7 @@ type snapshotter struct {
 	db         *metadata.DB
 	syncRemove bool
 	commitSync bool
+	flusher    *flusher
 	options    []string // overlay mount options
 	// idmapped: the kernel does idmapped mounts, which snapshots for a
 	// user namespace need.
@@ -161,6 +161,7 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		db:         db,
 		syncRemove: c.syncRemove,
 		commitSync: !c.noCommitSync,
+		flusher:    newFlusher(),
 		options:    options,
 		removing:   map[string]bool{},
 	}
@@ -485,8 +486,9 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if s.commitSync {
 		// The layer's files reach the disk before the commit is
 		// acknowledged (bbolt syncs the index itself). syncfs flushes the
-		// filesystem once, cheaper than an fsync per file of a layer.
-		if err := syncFS(dir); err != nil {
+		// filesystem once, cheaper than an fsync per file of a layer, and
+		// once for all the commits waiting together.
+		if err := s.flusher.flush(dir); err != nil {
 			return resourceKind(fmt.Errorf("flush layer %q to disk: %w", key, err))
 		}
 	}
@@ -494,15 +496,6 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		_, err := tx.Commit(key, name, rec.ID, usage, base)
 		return err
 	}))
-}
-
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
 }
 
 // resourceKind marks a full disk (or quota) as ResourceExhausted, so
