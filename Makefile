@@ -14,7 +14,7 @@ BINDIR   := $(PREFIX)/bin
 UNIT     := $(DESTDIR)/etc/systemd/system/strata.service
 CONFIG   := $(DESTDIR)/etc/strata/config.toml
 
-.PHONY: all build test unit integration fuzz tools vet clean install uninstall image
+.PHONY: all build test unit integration bench fuzz tools vet clean install uninstall image
 
 all: build
 
@@ -39,6 +39,17 @@ fuzz:
 # 12).
 integration: tools
 	$(GO) test -count=1 -timeout 45m ./integration/
+
+# strata against containerd's overlayfs, side by side (BENCHMARKS.md): the
+# Snapshots API against bench/overlayref, then end to end through one
+# containerd. Root; the integration tools; a 20 GB and a 40 GB sparse file
+# in /var/tmp for the loop-device filesystems; about 25 minutes with the
+# default 3 rounds (BENCH_ROUNDS). Tables go to the output and BENCH_OUT.
+BENCH_ROUNDS ?= 3
+BENCH_OUT    ?= bench-results.md
+bench: tools
+	STRATA_BENCH_ROUNDS=$(BENCH_ROUNDS) STRATA_BENCH_OUT=$(abspath $(BENCH_OUT)) \
+		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 150m ./integration/
 
 tools:
 	integration/tools/install.sh >/dev/null

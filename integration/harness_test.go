@@ -196,6 +196,13 @@ type EnvOptions struct {
 	// Unregistered leaves strata out of containerd's config: a node before
 	// strata is installed (CRI, if enabled, on its default snapshotter).
 	Unregistered bool
+	// StrataConfig is strata's config file; empty is strata's defaults.
+	StrataConfig string
+	// ContainerdConfig is appended to containerd's config.
+	ContainerdConfig string
+	// Quiet has strata and containerd log at info rather than debug, as
+	// on a production node (benchmarks).
+	Quiet bool
 }
 
 // newEnv starts strata, then containerd, and registers their teardown.
@@ -216,7 +223,7 @@ func newEnv(t testing.TB, opts EnvOptions) *Env {
 	}
 	t.Cleanup(e.teardown)
 	// An empty config file: defaults, never the host's /etc/strata.
-	if err := os.WriteFile(filepath.Join(dir, "strata.toml"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "strata.toml"), []byte(opts.StrataConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	e.StartStrata()
@@ -229,9 +236,16 @@ func newEnv(t testing.TB, opts EnvOptions) *Env {
 func (e *Env) StartStrata() {
 	e.t.Helper()
 	e.Strata = startProc(e.t, e.Dir, "strata", strataBinary,
-		"--root", e.StrataRoot, "--address", e.StrataSock, "--admin-address", e.AdminSock, "--log-level", "debug",
+		"--root", e.StrataRoot, "--address", e.StrataSock, "--admin-address", e.AdminSock, "--log-level", e.logLevel(),
 		"--config", filepath.Join(e.Dir, "strata.toml"))
 	e.Strata.waitLog(e.t, "strata-snapshotter serving", 30*time.Second)
+}
+
+func (e *Env) logLevel() string {
+	if e.opts.Quiet {
+		return "info"
+	}
+	return "debug"
 }
 
 func (e *Env) containerdConfig() string {
@@ -248,8 +262,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   address = %q
 
 [debug]
-  level = "debug"
-`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "state"), criDisabled(e.opts.CRI), e.Sock, e.Sock+".ttrpc")
+  level = %q
+`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "state"), criDisabled(e.opts.CRI), e.Sock, e.Sock+".ttrpc", e.logLevel())
 	if !e.opts.Unregistered {
 		fmt.Fprintf(&b, `
 [proxy_plugins.strata]
@@ -309,6 +323,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     BinaryName = %q
 `, hostsDir, pauseImage, filepath.Join(e.Dir, "cni"), filepath.Join(runcBin, "runc"))
 	}
+	b.WriteString(e.opts.ContainerdConfig)
 	return b.String()
 }
 

@@ -307,9 +307,9 @@ func TestIndexes(t *testing.T) {
 		if _, err := tx.Get("base-a"); !errdefs.IsNotFound(err) {
 			t.Errorf("active key still there after commit: %v", err)
 		}
-		chain, err := tx.Chain(c1)
-		if err != nil || len(chain) != 1 || chain[0].Key != "base" {
-			t.Errorf("chain of c1: %+v, %v", chain, err)
+		lowers, err := tx.ChainDirs(c1)
+		if err != nil || len(lowers) != 1 || lowers[0] != base.Dir {
+			t.Errorf("chain of c1: %q, %v; want [%q]", lowers, err, base.Dir)
 		}
 		return nil
 	})

@@ -38,19 +38,19 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 	var details []Detail
 	err := s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
-			chain, err := tx.Chain(rec)
+			lowers, err := tx.ChainDirs(rec)
 			if err != nil {
 				return err
 			}
 			d := Detail{Info: rec.Info(), ID: rec.ID, Usage: rec.Usage, Dir: s.layout.layer(rec.Dir)}
-			for _, p := range chain {
-				d.LowerDirs = append(d.LowerDirs, s.layout.layer(p.Dir))
+			for _, dir := range lowers {
+				d.LowerDirs = append(d.LowerDirs, s.layout.layer(dir))
 			}
 			if rec.Kind == snapshots.KindActive && !rec.Staged {
 				d.WorkDir = s.layout.work(rec.Dir)
 			}
 			if rec.Kind != snapshots.KindCommitted {
-				d.Mounts = s.mounts(rec, chain)
+				d.Mounts = s.mounts(rec, lowers)
 			}
 			if m, err := mappingOf(rec.Labels); err == nil && m != nil {
 				d.UIDMapping, d.GIDMapping = m.uids, m.gids

@@ -263,11 +263,11 @@ func (s *snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 		if rec.Kind != snapshots.KindActive && rec.Kind != snapshots.KindView {
 			return fmt.Errorf("snapshot %q is %v; only active snapshots and views have mounts: %w", key, rec.Kind, errdefs.ErrFailedPrecondition)
 		}
-		chain, err := tx.Chain(rec)
+		lowers, err := tx.ChainDirs(rec)
 		if err != nil {
 			return err
 		}
-		ms = s.mounts(rec, chain)
+		ms = s.mounts(rec, lowers)
 		return nil
 	})
 	return ms, err
@@ -335,11 +335,11 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if err != nil {
 			return err
 		}
-		chain, err := tx.Chain(rec)
+		lowers, err := tx.ChainDirs(rec)
 		if err != nil {
 			return err
 		}
-		ms = s.mounts(rec, chain)
+		ms = s.mounts(rec, lowers)
 		if err := mounts.Check(ms); err != nil {
 			return fmt.Errorf("snapshot %q on %q: %w", key, parent, err)
 		}
@@ -347,7 +347,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			log.G(ctx).WithField("key", key).WithField("layer", layer.Key).Debug("layer already here; staged for commit without unpacking")
 			return nil
 		}
-		return s.makeDirs(rec, chain, mapping, &undo)
+		return s.makeDirs(rec, lowers, mapping, &undo)
 	})
 	if err != nil {
 		return nil, resourceKind(err)
@@ -358,13 +358,13 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 // makeDirs builds rec's directory under a temporary name and renames it
 // into place, with a work directory for an active snapshot; what it made is
 // pushed on undo.
-func (s *snapshotter) makeDirs(rec metadata.Snapshot, chain []metadata.Snapshot, mapping *idMapping, undo *[]func() error) error {
+func (s *snapshotter) makeDirs(rec metadata.Snapshot, lowers []string, mapping *idMapping, undo *[]func() error) error {
 	td, err := s.layout.tempDir()
 	if err != nil {
 		return fmt.Errorf("create snapshot directory: %w", err)
 	}
 	*undo = append(*undo, func() error { return os.RemoveAll(td) })
-	if err := s.populate(td, chain, mapping); err != nil {
+	if err := s.populate(td, lowers, mapping); err != nil {
 		return err
 	}
 	if rec.Kind == snapshots.KindActive {
@@ -390,7 +390,7 @@ func (s *snapshotter) makeDirs(rec metadata.Snapshot, chain []metadata.Snapshot,
 // populate prepares a new layer's directory: owned by the mapped root for a
 // user namespace (as containerd's overlayfs does), else like the parent's
 // root, so the merged root keeps its owner.
-func (s *snapshotter) populate(td string, chain []metadata.Snapshot, mapping *idMapping) error {
+func (s *snapshotter) populate(td string, lowers []string, mapping *idMapping) error {
 	if err := os.Chmod(td, 0o755); err != nil {
 		return err
 	}
@@ -400,12 +400,12 @@ func (s *snapshotter) populate(td string, chain []metadata.Snapshot, mapping *id
 		}
 		return nil
 	}
-	if len(chain) == 0 {
+	if len(lowers) == 0 {
 		return nil
 	}
-	fi, err := os.Stat(s.layout.layer(chain[0].Dir))
+	fi, err := os.Stat(s.layout.layer(lowers[0]))
 	if err != nil {
-		return fmt.Errorf("stat parent layer %q: %w", chain[0].Key, err)
+		return fmt.Errorf("stat parent layer: %w", err)
 	}
 	st := fi.Sys().(*syscall.Stat_t)
 	if err := os.Lchown(td, int(st.Uid), int(st.Gid)); err != nil {
@@ -414,10 +414,10 @@ func (s *snapshotter) populate(td string, chain []metadata.Snapshot, mapping *id
 	return nil
 }
 
-func (s *snapshotter) mounts(rec metadata.Snapshot, chain []metadata.Snapshot) []mount.Mount {
-	parents := make([]string, len(chain))
-	for i, p := range chain {
-		parents[i] = s.layout.layer(p.Dir)
+func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string) []mount.Mount {
+	parents := make([]string, len(lowers))
+	for i, dir := range lowers {
+		parents[i] = s.layout.layer(dir)
 	}
 	req := mounts.Request{
 		// A staged snapshot is another layer's directory: read-only,
