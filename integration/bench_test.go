@@ -393,7 +393,7 @@ func BenchmarkSnapshotsAPI(b *testing.B) {
 			for _, s := range rotate(sides, r) {
 				times[s.name] = s.measureScale(b, ctx, n, r)
 			}
-			for _, w := range []string{"Prepare+Commit", "Stat", "Walk"} {
+			for _, w := range []string{"Prepare+Commit", "Stat", "Usage", "Walk"} {
 				per := map[string]time.Duration{}
 				for name, t := range times {
 					per[name] = t[w]
@@ -440,8 +440,8 @@ func rotate(sides []*apiSide, r int) []*apiSide {
 }
 
 // measureScale times, on a store of about n snapshots: Prepare+Commit of a
-// layer on an image's top (the median of 50), Stat of populated snapshots
-// (the median of 200), and one Walk of everything.
+// layer on an image's top (the median of 50), Stat and Usage of populated
+// snapshots (the medians of 200), and one Walk of everything.
 func (s *apiSide) measureScale(b *testing.B, ctx context.Context, n, round int) map[string]time.Duration {
 	var pc, st []time.Duration
 	var made []string
@@ -463,6 +463,15 @@ func (s *apiSide) measureScale(b *testing.B, ctx context.Context, n, round int) 
 		}
 		st = append(st, time.Since(start))
 	}
+	var us []time.Duration
+	for i := range 200 {
+		key := fmt.Sprintf("chain-%d-%d", (i*7907)%len(s.tips), i%5)
+		start := time.Now()
+		if _, err := s.sn.Usage(ctx, key); err != nil {
+			b.Fatalf("%s: usage of %s: %v", s.name, key, err)
+		}
+		us = append(us, time.Since(start))
+	}
 	var count int
 	walk := timed(b, func() {
 		if err := s.sn.Walk(ctx, func(context.Context, snapshots.Info) error { count++; return nil }); err != nil {
@@ -477,7 +486,7 @@ func (s *apiSide) measureScale(b *testing.B, ctx context.Context, n, round int) 
 			b.Fatalf("%s: remove %s: %v", s.name, name, err)
 		}
 	}
-	return map[string]time.Duration{"Prepare+Commit": medianOf(pc), "Stat": medianOf(st), "Walk": walk}
+	return map[string]time.Duration{"Prepare+Commit": medianOf(pc), "Stat": medianOf(st), "Usage": medianOf(us), "Walk": walk}
 }
 
 // measureDepth times Prepare of a container's snapshot on the depth-th

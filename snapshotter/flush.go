@@ -3,6 +3,7 @@ package snapshotter
 import (
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -57,4 +58,75 @@ func syncFS(dir string) error {
 	}
 	defer d.Close()
 	return unix.Syncfs(int(d.Fd()))
+}
+
+// writeback starts writing layers to disk while containerd unpacks them,
+// so that the flush a Commit waits for finds less left to write: the disk
+// works while the unpacker decompresses and creates files. It flushes, a
+// pass at a time, while any unpack is in flight (an active snapshot
+// labelled with the layer it receives, from Prepare to Commit or Remove).
+// Each pass is a syncfs through the flusher, so a Commit is never covered
+// by a pass that started before it asked.
+type writeback struct {
+	flusher *flusher
+	dir     string
+	pause   time.Duration // between passes
+
+	mu        sync.Mutex
+	cond      sync.Cond
+	unpacking map[string]bool // keys of the snapshots being unpacked into
+	closed    bool
+	done      chan struct{}
+}
+
+// writebackPause spaces the passes, so that a long unpack of small files
+// does not turn into a stream of journal commits.
+const writebackPause = 20 * time.Millisecond
+
+func startWriteback(f *flusher, dir string, pause time.Duration) *writeback {
+	w := &writeback{flusher: f, dir: dir, pause: pause, unpacking: map[string]bool{}, done: make(chan struct{})}
+	w.cond.L = &w.mu
+	go w.run()
+	return w
+}
+
+func (w *writeback) run() {
+	defer close(w.done)
+	for {
+		w.mu.Lock()
+		for len(w.unpacking) == 0 && !w.closed {
+			w.cond.Wait()
+		}
+		closed := w.closed
+		w.mu.Unlock()
+		if closed {
+			return
+		}
+		// An error here is the next Commit's to report: its own flush
+		// meets it again.
+		_ = w.flusher.flush(w.dir)
+		time.Sleep(w.pause)
+	}
+}
+
+// begin and end bracket an unpack into the snapshot key.
+func (w *writeback) begin(key string) {
+	w.mu.Lock()
+	w.unpacking[key] = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+func (w *writeback) end(key string) {
+	w.mu.Lock()
+	delete(w.unpacking, key)
+	w.mu.Unlock()
+}
+
+func (w *writeback) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	<-w.done
 }

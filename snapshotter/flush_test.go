@@ -55,3 +55,33 @@ func TestFlusherCoversEveryCaller(t *testing.T) {
 		t.Errorf("%d concurrent flushes made %d syncfs calls: none shared", len(calls), len(syncs))
 	}
 }
+
+// TestWritebackRunsWhileUnpacking: passes run (real syncfs calls, counted)
+// while an unpack is in flight, none before, and close stops the loop.
+func TestWritebackRunsWhileUnpacking(t *testing.T) {
+	dir := t.TempDir()
+	f := newFlusher()
+	passes := make(chan struct{}, 100)
+	f.sync = func(dir string) error {
+		select {
+		case passes <- struct{}{}:
+		default:
+		}
+		return syncFS(dir)
+	}
+	w := startWriteback(f, dir, 0)
+	// Nothing unpacks yet: a Commit's own flush is the only syncfs.
+	if err := f.flush(dir); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(passes); n != 1 {
+		t.Fatalf("%d syncfs calls with nothing unpacking and one flush, want 1", n)
+	}
+	<-passes
+	w.begin("layer")
+	for range 3 {
+		<-passes // blocks until the loop runs: the test's timeout if it never does
+	}
+	w.end("layer")
+	w.close()
+}

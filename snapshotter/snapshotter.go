@@ -80,7 +80,8 @@ type snapshotter struct {
 	syncRemove bool
 	commitSync bool
 	flusher    *flusher
-	options    []string // overlay mount options
+	writeback  *writeback // nil without commitSync
+	options    []string   // overlay mount options
 	// idmapped: the kernel does idmapped mounts, which snapshots for a
 	// user namespace need.
 	idmapped bool
@@ -168,6 +169,9 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 	if err := s.reconcile(ctx); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if s.commitSync {
+		s.writeback = startWriteback(s.flusher, l.root, writebackPause)
 	}
 	s.warnIfDeepChainsCannotMount(ctx)
 	idmapped, probeErr := overlayutils.SupportsIDMappedMounts()
@@ -319,7 +323,10 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		}
 	}()
 
-	var ms []mount.Mount
+	var (
+		ms        []mount.Mount
+		unpacking bool // containerd is to unpack a layer into it
+	)
 	err = s.db.Update(func(tx *metadata.Tx) error {
 		n := metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels}
 		layer, staged, err := existingLayer(tx, n)
@@ -347,10 +354,14 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			log.G(ctx).WithField("key", key).WithField("layer", layer.Key).Debug("layer already here; staged for commit without unpacking")
 			return nil
 		}
+		unpacking = kind == snapshots.KindActive && info.Labels[snapshots.LabelSnapshotRef] != ""
 		return s.makeDirs(rec, lowers, mapping, &undo)
 	})
 	if err != nil {
 		return nil, resourceKind(err)
+	}
+	if unpacking && s.writeback != nil {
+		s.writeback.begin(key)
 	}
 	return ms, nil
 }
@@ -452,6 +463,9 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return err
 	}
+	if s.writeback != nil {
+		s.writeback.end(key)
+	}
 	var rec metadata.Snapshot
 	err = s.db.View(func(tx *metadata.Tx) (err error) {
 		if rec, err = tx.Get(key); err != nil {
@@ -512,6 +526,9 @@ func resourceKind(err error) error {
 func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 	if err := validateKey("key", key); err != nil {
 		return err
+	}
+	if s.writeback != nil {
+		s.writeback.end(key)
 	}
 	// moved pairs each directory moved aside in the transaction with where
 	// it went: deleted once the transaction commits, put back if it does not.
@@ -754,6 +771,9 @@ func (s *snapshotter) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+	if s.writeback != nil {
+		s.writeback.close()
+	}
 	s.wg.Wait()
 	err := s.db.Close()
 	s.lock.Close()
