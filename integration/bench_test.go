@@ -424,7 +424,11 @@ func BenchmarkSnapshotsAPI(b *testing.B) {
 	var notes []string
 	for _, s := range sides {
 		rss, cpu := procStats(s.proc.cmd.Process.Pid)
-		notes = append(notes, fmt.Sprintf("%s: peak RSS %s, CPU %v", s.name, rss, cpu.Round(10*time.Millisecond)))
+		var index int64
+		if fi, err := os.Stat(filepath.Join(dir, s.name, "metadata.db")); err == nil {
+			index = fi.Size()
+		}
+		notes = append(notes, fmt.Sprintf("%s: peak RSS %s, CPU %v, index file %d MiB", s.name, rss, cpu.Round(10*time.Millisecond), index>>20))
 	}
 	for _, t := range tables {
 		t.notes = append(t.notes, "Per call, the median of the round's calls; Walk is one walk of the whole store. "+strings.Join(notes, "; ")+" (whole run).")

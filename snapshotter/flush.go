@@ -64,7 +64,8 @@ func syncFS(dir string) error {
 // so that the flush a Commit waits for finds less left to write: the disk
 // works while the unpacker decompresses and creates files. It flushes, a
 // pass at a time, while any unpack is in flight (an active snapshot
-// labelled with the layer it receives, from Prepare to Commit or Remove).
+// labelled with the layer it receives, from Prepare to Commit or Remove),
+// each after a pause.
 // Each pass is a syncfs through the flusher, so a Commit is never covered
 // by a pass that started before it asked.
 type writeback struct {
@@ -79,9 +80,10 @@ type writeback struct {
 	done      chan struct{}
 }
 
-// writebackPause spaces the passes, so that a long unpack of small files
-// does not turn into a stream of journal commits.
-const writebackPause = 20 * time.Millisecond
+// writebackPause comes before each pass: a layer unpacked faster is left
+// to its Commit's flush, and a long unpack of small files does not turn
+// into a stream of journal commits.
+const writebackPause = 50 * time.Millisecond
 
 func startWriteback(f *flusher, dir string, pause time.Duration) *writeback {
 	w := &writeback{flusher: f, dir: dir, pause: pause, unpacking: map[string]bool{}, done: make(chan struct{})}
@@ -102,10 +104,18 @@ func (w *writeback) run() {
 		if closed {
 			return
 		}
-		// An error here is the next Commit's to report: its own flush
-		// meets it again.
-		_ = w.flusher.flush(w.dir)
+		// A pause first: a small layer is committed before it ends, and
+		// its Commit would otherwise wait for a pass that started
+		// before it asked, then for its own.
 		time.Sleep(w.pause)
+		w.mu.Lock()
+		busy := len(w.unpacking) > 0 && !w.closed
+		w.mu.Unlock()
+		if busy {
+			// An error here is the next Commit's to report: its own
+			// flush meets it again.
+			_ = w.flusher.flush(w.dir)
+		}
 	}
 }
 
