@@ -522,17 +522,21 @@ func (s *apiSide) measureDepth(b *testing.B, ctx context.Context, depth, round i
 func BenchmarkEndToEnd(b *testing.B) {
 	pushBenchImages(b)
 	benchFS(b, "40G")
-	const syncFs = "\n[plugins.\"io.containerd.service.v1.diff-service\"]\n  sync_fs = true\n"
 	for _, v := range []struct {
 		name, title string
 		opts        EnvOptions
-		full        bool // every workload, not only pulls
+		full        bool                // every workload, not only pulls
+		pullArgs    map[string][]string // extra ctr pull flags, by snapshotter
 	}{
-		{"defaults", "strata's defaults (sync_on_commit = true) / overlayfs, containerd's defaults, sequential unpack", EnvOptions{}, true},
-		{"parallel", "strata's defaults / overlayfs, parallel unpack (rebase, max_concurrent_unpacks = 4)", EnvOptions{ParallelUnpack: true}, true},
-		{"nosync", "strata, sync_on_commit = false / overlayfs: neither flushes, sequential unpack", EnvOptions{StrataConfig: "sync_on_commit = false\n"}, false},
-		{"nosync-parallel", "strata, sync_on_commit = false / overlayfs: neither flushes, parallel unpack", EnvOptions{StrataConfig: "sync_on_commit = false\n", ParallelUnpack: true}, false},
-		{"syncfs", "strata, sync_on_commit = false / overlayfs, containerd's sync_fs = true: both flush (containerd's differ), sequential unpack", EnvOptions{StrataConfig: "sync_on_commit = false\n", ContainerdConfig: syncFs}, false},
+		{name: "defaults", title: "strata's defaults (sync_on_commit = true) / overlayfs, containerd's defaults, sequential unpack", full: true},
+		{name: "parallel", title: "strata's defaults / overlayfs, parallel unpack (rebase, max_concurrent_unpacks = 4)", opts: EnvOptions{ParallelUnpack: true}, full: true},
+		{name: "nosync", title: "strata, sync_on_commit = false / overlayfs: neither flushes, sequential unpack", opts: EnvOptions{StrataConfig: "sync_on_commit = false\n"}},
+		{name: "nosync-parallel", title: "strata, sync_on_commit = false / overlayfs: neither flushes, parallel unpack", opts: EnvOptions{StrataConfig: "sync_on_commit = false\n", ParallelUnpack: true}},
+		// containerd flushes only where its diff service applies layers: a
+		// client-side unpack (ctr pull --local --sync-fs), not the transfer
+		// service's.
+		{name: "durable", title: "strata's defaults / overlayfs with containerd's flush (ctr pull --local --sync-fs): both durable, client-side sequential unpack",
+			pullArgs: map[string][]string{refSn: {"--local", "--sync-fs"}, testSn: {"--local"}}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			v.opts.Quiet = true
@@ -546,7 +550,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 					slices.Reverse(order)
 				}
 				for _, sn := range order {
-					times := e.endToEndRound(b, sn, v.full)
+					times := e.endToEndRound(b, sn, v.full, v.pullArgs[sn])
 					for _, w := range times.order {
 						s := t.sample(w)
 						if sn == refSn {
@@ -605,13 +609,15 @@ func (r *roundTimes) add(w string, d time.Duration) {
 	r.d[w] = d
 }
 
-// endToEndRound runs the workloads once on snapshotter sn, and leaves
+// endToEndRound runs the workloads once on snapshotter sn (its pulls with
+// pullArgs), and leaves
 // containerd and the snapshotter as it found them: no image, no snapshot,
 // no directory being deleted.
-func (e *Env) endToEndRound(b *testing.B, sn string, full bool) *roundTimes {
+func (e *Env) endToEndRound(b *testing.B, sn string, full bool, pullArgs []string) *roundTimes {
 	rt := &roundTimes{d: map[string]time.Duration{}}
 	pull := func(img string) func() {
-		return func() { e.ctr("images", "pull", "--plain-http", "--hosts-dir", hostsDir, "--snapshotter", sn, img) }
+		args := append([]string{"images", "pull", "--plain-http", "--hosts-dir", hostsDir, "--snapshotter", sn}, pullArgs...)
+		return func() { e.ctr(append(args, img)...) }
 	}
 	rt.add("pull: 20 layers x 500 small files", timed(b, pull(imgManySmall)))
 	rt.add("pull: 1 layer, 20,000 small files + 5 x 20 MB", timed(b, pull(imgFewLarge)))

@@ -198,8 +198,6 @@ type EnvOptions struct {
 	Unregistered bool
 	// StrataConfig is strata's config file; empty is strata's defaults.
 	StrataConfig string
-	// ContainerdConfig is appended to containerd's config.
-	ContainerdConfig string
 	// Quiet has strata and containerd log at info rather than debug, as
 	// on a production node (benchmarks).
 	Quiet bool
@@ -323,7 +321,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     BinaryName = %q
 `, hostsDir, pauseImage, filepath.Join(e.Dir, "cni"), filepath.Join(runcBin, "runc"))
 	}
-	b.WriteString(e.opts.ContainerdConfig)
 	return b.String()
 }
 
