@@ -129,7 +129,7 @@ func openChecked(ctx context.Context, path string, readOnly bool) (bdb *bolt.DB,
 			bdb, err = nil, fmt.Errorf("the file is damaged: %s: %w", readFailure(r), errdefs.ErrDataLoss)
 		}
 	}()
-	bdb, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout, OpenFile: openFile, ReadOnly: readOnly, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	bdb, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: openTimeout, OpenFile: openFile, ReadOnly: readOnly})
 	if err != nil {
 		if !errors.Is(err, bolterrors.ErrTimeout) {
 			err = fmt.Errorf("not a readable bbolt file: %w: %w", err, errdefs.ErrDataLoss)
