@@ -196,6 +196,9 @@ type EnvOptions struct {
 	// Unregistered leaves strata out of containerd's config: a node before
 	// strata is installed (CRI, if enabled, on its default snapshotter).
 	Unregistered bool
+	// NoRemapIDs leaves remap-ids out of strata's capabilities, as in a
+	// config written before strata had it.
+	NoRemapIDs bool
 	// StrataConfig is strata's config file; empty is strata's defaults.
 	StrataConfig string
 	// Quiet has strata and containerd log at info rather than debug, as
@@ -270,11 +273,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 `, e.StrataSock)
 		// remap-ids as containerd-config writes it on this kernel, which
 		// does idmapped mounts; rebase only for parallel unpack.
+		var caps []string
 		if e.opts.ParallelUnpack {
-			b.WriteString("  capabilities = [\"rebase\", \"remap-ids\"]\n")
-		} else {
-			b.WriteString("  capabilities = [\"remap-ids\"]\n")
+			caps = append(caps, `"rebase"`)
 		}
+		if !e.opts.NoRemapIDs {
+			caps = append(caps, `"remap-ids"`)
+		}
+		fmt.Fprintf(&b, "  capabilities = [%s]\n", strings.Join(caps, ", "))
 	}
 	fmt.Fprintf(&b, `
 [plugins."io.containerd.transfer.v1.local"]

@@ -240,7 +240,7 @@ func (c *cluster) userNamespacePod(name, runtimeClass, image string) {
 	if len(f) < 3 || f[0] != "0" || f[1] == "0" {
 		c.t.Errorf("pod %s's uid_map is not a user namespace's:\n%s", name, out)
 	}
-	if !strings.Contains(out, " 0 ") || !strings.HasSuffix(out, "written\n") {
+	if !ownedByRoot(out, "/l3") || !strings.HasSuffix(out, "written\n") {
 		c.t.Errorf("in pod %s the image's files are not owned by its root, or the write failed:\n%s", name, out)
 	}
 	if after := c.strataCommitted(); after != before {

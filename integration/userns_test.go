@@ -52,7 +52,7 @@ func TestUserNamespaceCtr(t *testing.T) {
 			if len(f) < 3 || f[0] != "0" || f[1] != "200000" || f[2] != "65536" {
 				t.Fatalf("the container's uid_map is not the mapping:\n%s", out)
 			}
-			if !strings.Contains(out, " 0 ") || !strings.HasSuffix(out, "written\n") {
+			if !ownedByRoot(out, "/l3") || !strings.HasSuffix(out, "written\n") {
 				t.Fatalf("inside, the image's files are not owned by the container's root, or the write failed:\n%s", out)
 			}
 			after, afterBytes := committedUsage(e, sn, namespace)
@@ -99,6 +99,41 @@ func TestUserNamespaceCtr(t *testing.T) {
 	} else if !slices.Equal(want.order, got.order) {
 		t.Errorf("the diffs list their entries in different orders:\noverlayfs %q\nstrata    %q", want.order, got.order)
 	}
+}
+
+// TestUserNamespaceWithoutRemapIDs: a containerd whose config lists no
+// remap-ids for strata (written before strata had it, or on a kernel
+// without idmapped mounts) copies the image, chowned, for a user-namespaced
+// container and passes the mapping labels anyway: on strata the container
+// still sees its image owned by its own root, and can write.
+func TestUserNamespaceWithoutRemapIDs(t *testing.T) {
+	e := newEnv(t, EnvOptions{NoRemapIDs: true})
+	if err := os.Chmod(e.Dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	const mapping = "0:200000:65536"
+	e.ctr("images", "pull", "--plain-http", "--hosts-dir", hostsDir, "--snapshotter", testSn, imgThreeLayers)
+	committed, _ := committedUsage(e, testSn, namespace)
+	out := e.ctr("run", "--rm", "--snapshotter", testSn, "--runc-binary", filepath.Join(runcBin, "runc"),
+		"--remap-labels", "--uidmap", mapping, "--gidmap", mapping, imgThreeLayers, "userns-copy",
+		"/bin/sh", "-c", "cat /proc/self/uid_map; ls -ln /l3; echo written > /new; cat /new")
+	if f := strings.Fields(out); len(f) < 3 || f[1] != "200000" || !ownedByRoot(out, "/l3") || !strings.HasSuffix(out, "written\n") {
+		t.Fatalf("on containerd's chowned copy, the container's root does not own its image, or the write failed:\n%s", out)
+	}
+	if after, _ := committedUsage(e, testSn, namespace); after != committed+1 {
+		t.Errorf("committed snapshots %d -> %d: containerd's chowned copy should be the one new snapshot", committed, after)
+	}
+}
+
+// ownedByRoot reports whether the `ls -ln` line for path in out shows it
+// owned by user and group 0.
+func ownedByRoot(out, path string) bool {
+	for line := range strings.SplitSeq(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[len(f)-1] == path {
+			return f[2] == "0" && f[3] == "0"
+		}
+	}
+	return false
 }
 
 // committedUsage counts a snapshotter's committed snapshots in a containerd
@@ -181,7 +216,7 @@ func TestUserNamespaceCRI(t *testing.T) {
 	if f := strings.Fields(out); len(f) < 3 || f[0] != "0" || f[1] != "200000" {
 		t.Errorf("the container's uid_map is not the pod's mapping:\n%s", out)
 	}
-	if !strings.Contains(out, " 0 ") || !strings.HasSuffix(strings.TrimSpace(out), "written") {
+	if !ownedByRoot(out, "/l3") || !strings.HasSuffix(strings.TrimSpace(out), "written") {
 		t.Errorf("inside, the image's files are not owned by the container's root, or the write failed:\n%s", out)
 	}
 	if after, afterBytes := committedUsage(e, "strata", "k8s.io"); after != committed || afterBytes != bytes {

@@ -1,36 +1,51 @@
 package snapshotter
 
 import (
+	"fmt"
 	"os"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // flusher flushes the store's filesystem for commits, one syncfs for all the
 // commits waiting at once: a commit is covered by any syncfs that starts
-// after it asks, so concurrent commits (parallel unpack, concurrent pulls)
-// share one instead of queueing one each behind the journal.
+// after it asks, so concurrent commits (concurrent pulls) share one instead
+// of queueing one each behind the journal.
+//
+// The syncfs calls go through one descriptor of the root, opened at start:
+// the kernel reports a writeback error to each open descriptor once, on
+// the first syncfs through it after the error, so a descriptor opened per
+// call would miss an error that happened before it was opened. An error
+// stays: the flush that saw it cannot tell whose data was lost, so every
+// later commit fails too, until an operator has checked the disk and
+// restarted strata.
 type flusher struct {
+	root *os.File
+	sync func() error // syncfs of root's filesystem
+
 	mu      sync.Mutex
 	cond    sync.Cond
 	running bool
 	started uint64 // syncfs calls started
 	done    uint64 // the last syncfs call finished
-	err     error  // its result
-	sync    func(dir string) error
+	failed  error  // the first error a syncfs returned
 }
 
-func newFlusher() *flusher {
-	f := &flusher{sync: syncFS}
+func newFlusher(root string) (*flusher, error) {
+	d, err := os.Open(root)
+	if err != nil {
+		return nil, err
+	}
+	f := &flusher{root: d}
+	f.sync = func() error { return unix.Syncfs(int(d.Fd())) }
 	f.cond.L = &f.mu
-	return f
+	return f, nil
 }
 
-// flush returns once a syncfs of dir's filesystem that started after the
-// call has finished, with that syncfs's error.
-func (f *flusher) flush(dir string) error {
+// flush returns once a syncfs that started after the call has finished;
+// its error is that syncfs's or any earlier one's.
+func (f *flusher) flush() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	need := f.started + 1
@@ -43,100 +58,17 @@ func (f *flusher) flush(dir string) error {
 		f.started++
 		gen := f.started
 		f.mu.Unlock()
-		err := f.sync(dir)
+		err := f.sync()
 		f.mu.Lock()
-		f.running, f.done, f.err = false, gen, err
+		if err != nil && f.failed == nil {
+			f.failed = fmt.Errorf("flushing the store's filesystem failed, so written layers may be lost: %w; check the disk and restart strata", err)
+		}
+		f.running, f.done = false, gen
 		f.cond.Broadcast()
 	}
-	return f.err
+	return f.failed
 }
 
-func syncFS(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return unix.Syncfs(int(d.Fd()))
-}
-
-// writeback starts writing layers to disk while containerd unpacks them,
-// so that the flush a Commit waits for finds less left to write: the disk
-// works while the unpacker decompresses and creates files. It flushes, a
-// pass at a time, while any unpack is in flight (an active snapshot
-// labelled with the layer it receives, from Prepare to Commit or Remove),
-// each after a pause.
-// Each pass is a syncfs through the flusher, so a Commit is never covered
-// by a pass that started before it asked.
-type writeback struct {
-	flusher *flusher
-	dir     string
-	pause   time.Duration // between passes
-
-	mu        sync.Mutex
-	cond      sync.Cond
-	unpacking map[string]bool // keys of the snapshots being unpacked into
-	closed    bool
-	done      chan struct{}
-}
-
-// writebackPause comes before each pass: a layer unpacked faster is left
-// to its Commit's flush, and a long unpack of small files does not turn
-// into a stream of journal commits.
-const writebackPause = 50 * time.Millisecond
-
-func startWriteback(f *flusher, dir string, pause time.Duration) *writeback {
-	w := &writeback{flusher: f, dir: dir, pause: pause, unpacking: map[string]bool{}, done: make(chan struct{})}
-	w.cond.L = &w.mu
-	go w.run()
-	return w
-}
-
-func (w *writeback) run() {
-	defer close(w.done)
-	for {
-		w.mu.Lock()
-		for len(w.unpacking) == 0 && !w.closed {
-			w.cond.Wait()
-		}
-		closed := w.closed
-		w.mu.Unlock()
-		if closed {
-			return
-		}
-		// A pause first: a small layer is committed before it ends, and
-		// its Commit would otherwise wait for a pass that started
-		// before it asked, then for its own.
-		time.Sleep(w.pause)
-		w.mu.Lock()
-		busy := len(w.unpacking) > 0 && !w.closed
-		w.mu.Unlock()
-		if busy {
-			// An error here is the next Commit's to report: its own
-			// flush meets it again.
-			_ = w.flusher.flush(w.dir)
-		}
-	}
-}
-
-// begin and end bracket an unpack into the snapshot key.
-func (w *writeback) begin(key string) {
-	w.mu.Lock()
-	w.unpacking[key] = true
-	w.cond.Broadcast()
-	w.mu.Unlock()
-}
-
-func (w *writeback) end(key string) {
-	w.mu.Lock()
-	delete(w.unpacking, key)
-	w.mu.Unlock()
-}
-
-func (w *writeback) close() {
-	w.mu.Lock()
-	w.closed = true
-	w.cond.Broadcast()
-	w.mu.Unlock()
-	<-w.done
+func (f *flusher) close() error {
+	return f.root.Close()
 }

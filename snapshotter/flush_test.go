@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,15 +11,19 @@ import (
 // each returns only after a syncfs that started after it asked has
 // finished (real syncfs calls, counted).
 func TestFlusherCoversEveryCaller(t *testing.T) {
-	dir := t.TempDir()
-	f := newFlusher()
+	f, err := newFlusher(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
 	var clock atomic.Int64 // orders the events below
 	type span struct{ start, end int64 }
 	var mu sync.Mutex
 	var syncs []span
-	f.sync = func(dir string) error {
+	syncfs := f.sync
+	f.sync = func() error {
 		s := span{start: clock.Add(1)}
-		err := syncFS(dir)
+		err := syncfs()
 		s.end = clock.Add(1)
 		mu.Lock()
 		syncs = append(syncs, s)
@@ -33,7 +38,7 @@ func TestFlusherCoversEveryCaller(t *testing.T) {
 			for i := range each {
 				c := &calls[w*each+i]
 				c.start = clock.Add(1)
-				if err := f.flush(dir); err != nil {
+				if err := f.flush(); err != nil {
 					t.Error(err)
 				}
 				c.end = clock.Add(1)
@@ -56,32 +61,19 @@ func TestFlusherCoversEveryCaller(t *testing.T) {
 	}
 }
 
-// TestWritebackRunsWhileUnpacking: passes run (real syncfs calls, counted)
-// while an unpack is in flight, none before, and close stops the loop.
-func TestWritebackRunsWhileUnpacking(t *testing.T) {
-	dir := t.TempDir()
-	f := newFlusher()
-	passes := make(chan struct{}, 100)
-	f.sync = func(dir string) error {
-		select {
-		case passes <- struct{}{}:
-		default:
-		}
-		return syncFS(dir)
-	}
-	w := startWriteback(f, dir, 0)
-	// Nothing unpacks yet: a Commit's own flush is the only syncfs.
-	if err := f.flush(dir); err != nil {
+// TestFlusherErrorStays: the kernel reports a writeback error once; every
+// flush after it fails too, since the lost data may be anyone's.
+func TestFlusherErrorStays(t *testing.T) {
+	f, err := newFlusher(t.TempDir())
+	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(passes); n != 1 {
-		t.Fatalf("%d syncfs calls with nothing unpacking and one flush, want 1", n)
+	defer f.close()
+	syncfs, eio := f.sync, errors.New("input/output error")
+	f.sync = func() error { f.sync = syncfs; return eio }
+	for i := range 3 {
+		if err := f.flush(); !errors.Is(err, eio) {
+			t.Fatalf("flush %d after a failed syncfs: %v, want the failure", i, err)
+		}
 	}
-	<-passes
-	w.begin("layer")
-	for range 3 {
-		<-passes // blocks until the loop runs: the test's timeout if it never does
-	}
-	w.end("layer")
-	w.close()
 }

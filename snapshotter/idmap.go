@@ -3,8 +3,10 @@ package snapshotter
 import (
 	"fmt"
 	"math"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
@@ -94,6 +96,31 @@ func keepsMapping(old, updated metadata.Snapshot) error {
 		}
 	}
 	return nil
+}
+
+// mappingFor is the ID mapping the mounts of a snapshot with labels on
+// lowers carry, or nil: none without mapping labels (the labels were
+// checked when the snapshot was made, Update keeps them, and fsck reports a
+// record that holds bad ones); none where the kernel has no idmapped
+// mounts; and none where the image below is already in the user namespace.
+// containerd copies the image, chowned, for a snapshotter whose config
+// entry does not list remap-ids (this kernel's lack, or a config written
+// before strata had it) and still passes the labels: an idmapped mount of
+// the copy would shift its owners twice. The copy's root is owned by the
+// mapped root; an image's root is not.
+func (s *snapshotter) mappingFor(labels map[string]string, lowers []string) *idMapping {
+	m, err := mappingOf(labels)
+	if err != nil || m == nil || !s.idmapped {
+		return nil
+	}
+	if len(lowers) > 0 {
+		if fi, err := os.Stat(s.layout.layer(lowers[0])); err == nil {
+			if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) == m.rootUID && int(st.Gid) == m.rootGID {
+				return nil
+			}
+		}
+	}
+	return m
 }
 
 // options are the mount options that hand the mapping to containerd.

@@ -52,7 +52,7 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 			if rec.Kind != snapshots.KindCommitted {
 				d.Mounts = s.mounts(rec, lowers)
 			}
-			if m, err := mappingOf(rec.Labels); err == nil && m != nil {
+			if m := s.mappingFor(rec.Labels, lowers); m != nil {
 				d.UIDMapping, d.GIDMapping = m.uids, m.gids
 			}
 			details = append(details, d)

@@ -80,8 +80,7 @@ type snapshotter struct {
 	syncRemove bool
 	commitSync bool
 	flusher    *flusher
-	writeback  *writeback // nil without commitSync
-	options    []string   // overlay mount options
+	options    []string // overlay mount options
 	// idmapped: the kernel does idmapped mounts, which snapshots for a
 	// user namespace need.
 	idmapped bool
@@ -162,7 +161,6 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		db:         db,
 		syncRemove: c.syncRemove,
 		commitSync: !c.noCommitSync,
-		flusher:    newFlusher(),
 		options:    options,
 		removing:   map[string]bool{},
 	}
@@ -171,12 +169,15 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		return nil, err
 	}
 	if s.commitSync {
-		s.writeback = startWriteback(s.flusher, l.root, writebackPause)
+		if s.flusher, err = newFlusher(l.root); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open the root to flush commits: %w", err)
+		}
 	}
 	s.warnIfDeepChainsCannotMount(ctx)
 	idmapped, probeErr := overlayutils.SupportsIDMappedMounts()
 	if s.idmapped = idmapped; !idmapped {
-		log.G(ctx).WithError(probeErr).Warn("this kernel has no idmapped mounts: snapshots for user namespaces (uid/gid mapping labels) are refused; leave remap-ids out of containerd's config, and containerd copies the image, chowned, instead")
+		log.G(ctx).WithError(probeErr).Warn("this kernel has no idmapped mounts: leave remap-ids out of containerd's config for strata, and containerd copies the image, chowned, for each user namespace")
 	}
 	return s, nil
 }
@@ -300,13 +301,8 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	if err != nil {
 		return nil, err
 	}
-	mapping, err := mappingOf(info.Labels)
-	if err != nil {
+	if _, err := mappingOf(info.Labels); err != nil {
 		return nil, err
-	}
-	if mapping != nil && !s.idmapped {
-		// Its mounts would fail in containerd, far from the cause.
-		return nil, fmt.Errorf("snapshot %q is for a user namespace, and this kernel has no idmapped mounts: leave remap-ids out of containerd's config for strata, and containerd copies the image instead: %w", key, errdefs.ErrFailedPrecondition)
 	}
 
 	// undo reverses, newest first, what the transaction did on disk when
@@ -323,10 +319,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		}
 	}()
 
-	var (
-		ms        []mount.Mount
-		unpacking bool // containerd is to unpack a layer into it
-	)
+	var ms []mount.Mount
 	err = s.db.Update(func(tx *metadata.Tx) error {
 		n := metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels}
 		layer, staged, err := existingLayer(tx, n)
@@ -354,14 +347,10 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			log.G(ctx).WithField("key", key).WithField("layer", layer.Key).Debug("layer already here; staged for commit without unpacking")
 			return nil
 		}
-		unpacking = kind == snapshots.KindActive && info.Labels[snapshots.LabelSnapshotRef] != ""
-		return s.makeDirs(rec, lowers, mapping, &undo)
+		return s.makeDirs(rec, lowers, s.mappingFor(rec.Labels, lowers), &undo)
 	})
 	if err != nil {
 		return nil, resourceKind(err)
-	}
-	if unpacking && s.writeback != nil {
-		s.writeback.begin(key)
 	}
 	return ms, nil
 }
@@ -439,11 +428,7 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string) []mount.Mou
 		Parents:  parents,
 		Options:  s.options,
 	}
-	// The labels were checked when the snapshot was made, and Update
-	// keeps them; fsck reports a record that holds bad ones.
-	if mapping, err := mappingOf(rec.Labels); err == nil {
-		req.Mapping = mapping.options()
-	}
+	req.Mapping = s.mappingFor(rec.Labels, lowers).options()
 	if extractsUpperLayer(rec) {
 		req.EmptyLower = s.layout.empty()
 	}
@@ -462,9 +447,6 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	base, err := applyOpts(opts)
 	if err != nil {
 		return err
-	}
-	if s.writeback != nil {
-		s.writeback.end(key)
 	}
 	var rec metadata.Snapshot
 	err = s.db.View(func(tx *metadata.Tx) (err error) {
@@ -502,7 +484,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		// acknowledged (bbolt syncs the index itself). syncfs flushes the
 		// filesystem once, cheaper than an fsync per file of a layer, and
 		// once for all the commits waiting together.
-		if err := s.flusher.flush(dir); err != nil {
+		if err := s.flusher.flush(); err != nil {
 			return resourceKind(fmt.Errorf("flush layer %q to disk: %w", key, err))
 		}
 	}
@@ -526,9 +508,6 @@ func resourceKind(err error) error {
 func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 	if err := validateKey("key", key); err != nil {
 		return err
-	}
-	if s.writeback != nil {
-		s.writeback.end(key)
 	}
 	// moved pairs each directory moved aside in the transaction with where
 	// it went: deleted once the transaction commits, put back if it does not.
@@ -771,8 +750,8 @@ func (s *snapshotter) Close() error {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
-	if s.writeback != nil {
-		s.writeback.close()
+	if s.flusher != nil {
+		s.flusher.close()
 	}
 	s.wg.Wait()
 	err := s.db.Close()
