@@ -43,11 +43,13 @@ integration: tools
 # strata against containerd's overlayfs, side by side (BENCHMARKS.md): the
 # Snapshots API against bench/overlayref, then end to end through one
 # containerd. Root; the integration tools; a 20 GB and a 40 GB sparse file
-# in /var/tmp for the loop-device filesystems; about 25 minutes with the
-# default 3 rounds (BENCH_ROUNDS). Tables go to the output and BENCH_OUT.
+# in /var/tmp for the loop-device filesystems; about 7 minutes with the
+# default 3 rounds (BENCH_ROUNDS), 12 with 5. Tables go to the output and
+# to BENCH_OUT, which each run replaces.
 BENCH_ROUNDS ?= 3
 BENCH_OUT    ?= bench-results.md
 bench: tools
+	rm -f $(BENCH_OUT)
 	STRATA_BENCH_ROUNDS=$(BENCH_ROUNDS) STRATA_BENCH_OUT=$(abspath $(BENCH_OUT)) \
 		$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 150m ./integration/
 

@@ -7,10 +7,11 @@ package integration
 // on a fresh journaled ext4 on a loop device with direct I/O, so that both
 // sides see the same filesystem (this machine's root is ext4 without a
 // journal, which scans past recently freed inodes and penalises whichever
-// side runs after a deletion). Every timed operation starts after a sync,
-// so neither side flushes what the other wrote. Results are ratios of
-// strata's time to overlayfs's, per round, reported as the median with the
-// range; the tables go to the test log and to STRATA_BENCH_OUT if set.
+// side runs after a deletion). Every timed operation that writes starts
+// after a sync, so neither side flushes what the other wrote. Results are
+// ratios of strata's time to overlayfs's, per round, reported as the median
+// with the range; the tables go to standard output and to STRATA_BENCH_OUT
+// if set.
 
 import (
 	"bufio"
@@ -47,18 +48,10 @@ func benchRounds() int {
 
 // benchFS mounts a fresh journaled ext4 of size on a loop device with
 // direct I/O, and makes it TMPDIR for the benchmark, so that every Env and
-// daemon the benchmark starts lives on it.
+// daemon the benchmark starts lives on it. Each step's undo is registered
+// as soon as the step is done, so a failure leaves nothing behind.
 func benchFS(b *testing.B, size string) string {
 	b.Helper()
-	img, err := os.CreateTemp("/var/tmp", "strata-bench-*.img")
-	if err != nil {
-		b.Fatal(err)
-	}
-	img.Close()
-	mnt, err := os.MkdirTemp("", "strata-bench-fs-")
-	if err != nil {
-		b.Fatal(err)
-	}
 	run := func(args ...string) string {
 		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 		if err != nil {
@@ -66,16 +59,29 @@ func benchFS(b *testing.B, size string) string {
 		}
 		return strings.TrimSpace(string(out))
 	}
+	undo := func(args ...string) {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			b.Errorf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	img, err := os.CreateTemp("/var/tmp", "strata-bench-*.img")
+	if err != nil {
+		b.Fatal(err)
+	}
+	img.Close()
+	b.Cleanup(func() { os.Remove(img.Name()) })
+	mnt, err := os.MkdirTemp("", "strata-bench-fs-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.Remove(mnt) })
 	run("truncate", "-s", size, img.Name())
 	run("mkfs.ext4", "-q", "-F", img.Name())
 	dev := run("losetup", "--direct-io=on", "--find", "--show", img.Name())
+	b.Cleanup(func() { undo("losetup", "-d", dev) })
 	run("mount", dev, mnt)
-	b.Cleanup(func() {
-		exec.Command("umount", mnt).Run()
-		exec.Command("losetup", "-d", dev).Run()
-		os.Remove(img.Name())
-		os.Remove(mnt)
-	})
+	// Lazily: a benchmark that failed may have left a mount under it.
+	b.Cleanup(func() { undo("umount", "--lazy", "--recursive", mnt) })
 	b.Setenv("TMPDIR", mnt)
 	return mnt
 }

@@ -34,6 +34,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -144,8 +145,10 @@ func openChecked(ctx context.Context, path string, readOnly bool) (bdb *bolt.DB,
 		switch {
 		case err != nil:
 			return err
-		case version == SchemaVersion:
+		case version == SchemaVersion && readOnly:
 			return nil
+		case version == SchemaVersion:
+			return checkRefs(ctx, tx.Bucket(bucketRoot))
 		case readOnly && version == 0:
 			return fmt.Errorf("the file holds no schema yet (strata writes it when it starts): %w", errdefs.ErrFailedPrecondition)
 		case readOnly:
@@ -269,17 +272,60 @@ func migrateRefs(root *bolt.Bucket) error {
 	if err != nil {
 		return fmt.Errorf("migrate schema 2: %w", err)
 	}
+	want, err := wantRefs(root)
+	if err != nil {
+		return fmt.Errorf("migrate schema 2: %w", err)
+	}
+	for k, v := range want {
+		if err := refs.Put([]byte(k), []byte(v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// wantRefs is the refs index the records call for: key -> value.
+func wantRefs(root *bolt.Bucket) (map[string]string, error) {
+	want := map[string]string{}
 	sb := root.Bucket(bucketSnapshots)
-	return sb.ForEachBucket(func(k []byte) error {
+	err := sb.ForEachBucket(func(k []byte) error {
 		s, err := readSnapshot(string(k), sb.Bucket(k))
 		if err != nil {
-			return fmt.Errorf("migrate schema 2: %w", err)
+			return err
 		}
 		if ref := s.layerRef(); ref != "" {
-			return refs.Put(refKey(ref, s.ID), []byte(s.Key))
+			want[string(refKey(ref, s.ID))] = s.Key
 		}
 		return nil
 	})
+	return want, err
+}
+
+// checkRefs rebuilds the refs index, derived from the records, when it
+// disagrees with them (Check reports how): whenever the daemon or fsck
+// --repair opens the index.
+func checkRefs(ctx context.Context, root *bolt.Bucket) error {
+	want, err := wantRefs(root)
+	if err != nil {
+		// Check reports the damaged record; the index stays as it is.
+		return nil
+	}
+	refs := root.Bucket(bucketRefs)
+	have := map[string]string{}
+	if err := refs.ForEach(func(k, v []byte) error { have[string(k)] = string(v); return nil }); err != nil {
+		return err
+	}
+	if maps.Equal(have, want) {
+		return nil
+	}
+	if err := root.DeleteBucket(bucketRefs); err != nil {
+		return err
+	}
+	if err := migrateRefs(root); err != nil {
+		return err
+	}
+	log.G(ctx).WithField("entries", len(want)).WithField("were", len(have)).Warn("rebuilt the index of layers by chain id, which disagreed with the snapshot records")
+	return nil
 }
 
 // migrateDirs (version 1 to 2): dirs/<dir> -> id becomes dirs/<dir><id>.

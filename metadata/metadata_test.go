@@ -269,6 +269,64 @@ func TestRefsIndex(t *testing.T) {
 	}
 }
 
+// TestRefsIndexRebuilt: a refs index that disagrees with the records (an
+// entry naming no record, one missing) gives DataLoss on lookup, not
+// NotFound, and is rebuilt when the index is opened read-write.
+func TestRefsIndexRebuilt(t *testing.T) {
+	db, path := openTest(t)
+	a := create(t, db, "base-a", "", snapshots.KindActive)
+	err := db.Update(func(tx *Tx) error {
+		_, err := tx.Commit("base-a", "base", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: map[string]string{snapshots.LabelSnapshotRef: "sha256:layer"}})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	editFile(t, path, func(tx *bolt.Tx) error {
+		refs := tx.Bucket(bucketRoot).Bucket(bucketRefs)
+		if err := refs.Delete(refKey("sha256:layer", a.ID)); err != nil {
+			return err
+		}
+		return refs.Put(refKey("sha256:layer", 999), []byte("gone"))
+	})
+	ro, err := OpenReadOnly(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ro.View(func(tx *Tx) error {
+		if f := tx.Check(); len(f) != 2 {
+			t.Errorf("findings %q, want the missing and the stale entry", f)
+		}
+		_, _, err := tx.CommittedWithRef("sha256:layer", "")
+		if !errdefs.IsDataLoss(err) {
+			t.Errorf("lookup through a stale entry: %v, want DataLoss", err)
+		}
+		return nil
+	})
+	ro.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err = Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.View(func(tx *Tx) error {
+		if f := tx.Check(); len(f) != 0 {
+			t.Errorf("after a read-write open: findings %q", f)
+		}
+		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
+			t.Errorf("lookup after the rebuild: %q %v %v", s.Key, ok, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSecondOpenRefused: bolt's lock keeps a second process (here, a second
 // Open) out with a clear error instead of a hang.
 func TestSecondOpenRefused(t *testing.T) {

@@ -362,15 +362,21 @@ func refKey(ref string, id uint64) []byte {
 // committedHolding calls fn for each committed snapshot that holds the
 // layer ref names (Holds), from the index, until fn returns true.
 func (t *Tx) committedHolding(ref string, fn func(Snapshot) bool) error {
-	if s, err := t.Get(ref); err == nil && s.Kind == snapshots.KindCommitted && fn(s) {
+	s, err := t.Get(ref)
+	switch {
+	case err == nil && s.Kind == snapshots.KindCommitted && fn(s):
 		return nil
+	case err != nil && !errdefs.IsNotFound(err):
+		return err
 	}
 	prefix := refPrefix(ref)
 	c := t.refs.Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
 		s, err := t.Get(string(v))
 		if err != nil {
-			return fmt.Errorf("refs index entry for %s names %q: %w", ref, v, err)
+			// The index is derived from the records; opening the
+			// index read-write rebuilds it (checkRefs).
+			return fmt.Errorf("refs index entry for %s names %q (%v); restart strata or run fsck --repair to rebuild the index: %w", ref, v, err, errdefs.ErrDataLoss)
 		}
 		if fn(s) {
 			return nil
@@ -393,7 +399,7 @@ func (t *Tx) Walk(fn func(Snapshot) error) error {
 // CommittedWithRef finds a committed snapshot on parent that holds the layer
 // ref names: one whose key is ref, or that carries ref in the label
 // containerd's unpacker sets (containerd.io/snapshot.ref, the layer's chain
-// id). It reads every record; a store holds thousands, not millions.
+// id). It reads only the candidates, through the refs index.
 func (t *Tx) CommittedWithRef(ref, parent string) (Snapshot, bool, error) {
 	var found Snapshot
 	ok := false
@@ -408,8 +414,7 @@ func (t *Tx) CommittedWithRef(ref, parent string) (Snapshot, bool, error) {
 
 // CommittedOnChain finds a committed snapshot holding the layer ref names
 // (as CommittedWithRef) whose parent holds the layer parentRef names: the
-// same layer on the same chain, whatever the parent's key. It reads every
-// record.
+// same layer on the same chain, whatever the parent's key.
 func (t *Tx) CommittedOnChain(ref, parentRef string) (Snapshot, bool, error) {
 	var found Snapshot
 	ok := false
