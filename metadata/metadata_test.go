@@ -132,7 +132,21 @@ func TestMigrateSchema1(t *testing.T) {
 	if _, err := OpenReadOnly(context.Background(), path); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "migrates") {
 		t.Fatalf("read-only open of schema 1: %v, want FailedPrecondition saying the daemon migrates it", err)
 	}
-	db, err = Open(context.Background(), path)
+	openMigrated(t, path, func(tx *Tx) {
+		for k, id := range ids {
+			if got := tx.DirUsers("D" + k); len(got) != 1 || got[0] != id {
+				t.Errorf("directory D%s belongs to %v after migration, want [%d]", k, got, id)
+			}
+		}
+	})
+}
+
+// openMigrated opens the index at path read-write, as the daemon does, and
+// checks that it then records the current schema and agrees with itself;
+// check adds the test's own checks.
+func openMigrated(t *testing.T, path string, check func(*Tx)) {
+	t.Helper()
+	db, err := Open(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,11 +155,7 @@ func TestMigrateSchema1(t *testing.T) {
 		if v := tx.SchemaVersion(); v != SchemaVersion {
 			t.Errorf("schema %d after migration, want %d", v, SchemaVersion)
 		}
-		for k, id := range ids {
-			if got := tx.DirUsers("D" + k); len(got) != 1 || got[0] != id {
-				t.Errorf("directory D%s belongs to %v after migration, want [%d]", k, got, id)
-			}
-		}
+		check(tx)
 		if f := tx.Check(); len(f) != 0 {
 			t.Errorf("migrated index has findings: %q", f)
 		}
@@ -189,26 +199,11 @@ func TestMigrateSchema2(t *testing.T) {
 		}
 		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 2))
 	})
-	db, err = Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.View(func(tx *Tx) error {
-		if v := tx.SchemaVersion(); v != SchemaVersion {
-			t.Errorf("schema %d after migration, want %d", v, SchemaVersion)
-		}
+	openMigrated(t, path, func(tx *Tx) {
 		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
 			t.Errorf("layer lookup after migration: %q %v %v, want base", s.Key, ok, err)
 		}
-		if f := tx.Check(); len(f) != 0 {
-			t.Errorf("migrated index has findings: %q", f)
-		}
-		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestRefsIndex: the layer lookup follows commits, label updates and
@@ -308,23 +303,11 @@ func TestRefsIndexRebuilt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err = Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	err = db.View(func(tx *Tx) error {
-		if f := tx.Check(); len(f) != 0 {
-			t.Errorf("after a read-write open: findings %q", f)
-		}
+	openMigrated(t, path, func(tx *Tx) {
 		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
 			t.Errorf("lookup after the rebuild: %q %v %v", s.Key, ok, err)
 		}
-		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestSecondOpenRefused: bolt's lock keeps a second process (here, a second
