@@ -114,7 +114,9 @@ func TestUserNamespaceWithoutRemapIDs(t *testing.T) {
 	const mapping = "0:200000:65536"
 	e.ctr("images", "pull", "--plain-http", "--hosts-dir", hostsDir, "--snapshotter", testSn, imgThreeLayers)
 	committed, _ := committedUsage(e, testSn, namespace)
-	out := e.ctr("run", "--rm", "--snapshotter", testSn, "--runc-binary", filepath.Join(runcBin, "runc"),
+	// Not --rm: the container keeps containerd's copy from its garbage
+	// collection while the snapshots are counted.
+	out := e.ctr("run", "--snapshotter", testSn, "--runc-binary", filepath.Join(runcBin, "runc"),
 		"--remap-labels", "--uidmap", mapping, "--gidmap", mapping, imgThreeLayers, "userns-copy",
 		"/bin/sh", "-c", "cat /proc/self/uid_map; ls -ln /l3; echo written > /new; cat /new")
 	if f := strings.Fields(out); len(f) < 3 || f[1] != "200000" || !ownedByRoot(out, "/l3") || !strings.HasSuffix(out, "written\n") {
@@ -123,6 +125,7 @@ func TestUserNamespaceWithoutRemapIDs(t *testing.T) {
 	if after, _ := committedUsage(e, testSn, namespace); after != committed+1 {
 		t.Errorf("committed snapshots %d -> %d: containerd's chowned copy should be the one new snapshot", committed, after)
 	}
+	e.ctr("containers", "rm", "userns-copy")
 }
 
 // ownedByRoot reports whether the `ls -ln` line for path in out shows it
