@@ -136,6 +136,11 @@ func serve(ctx context.Context, cfg Config) error {
 	if err := <-adminStopped; err != nil {
 		adminSrv.Close()
 	}
+	// A stop that came before a Serve goroutine ran leaves that goroutine
+	// to close its listener, which would unlink the socket only if it ran
+	// before the process exits: close them here (again, harmlessly).
+	l.Close()
+	adminL.Close()
 	return nil
 }
 
