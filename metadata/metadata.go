@@ -311,6 +311,10 @@ func checkRefs(ctx context.Context, root *bolt.Bucket) error {
 		return nil
 	}
 	refs := root.Bucket(bucketRefs)
+	if refs == nil {
+		log.G(ctx).Warn("the index of layers by chain id was missing; rebuilt it from the snapshot records")
+		return migrateRefs(root)
+	}
 	have := map[string]string{}
 	if err := refs.ForEach(func(k, v []byte) error { have[string(k)] = string(v); return nil }); err != nil {
 		return err

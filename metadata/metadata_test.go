@@ -308,6 +308,30 @@ func TestRefsIndexRebuilt(t *testing.T) {
 			t.Errorf("lookup after the rebuild: %q %v %v", s.Key, ok, err)
 		}
 	})
+	// A missing index is reported by a check, and rebuilt too.
+	editFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bucketRoot).DeleteBucket(bucketRefs) })
+	ro, err = OpenReadOnly(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = ro.View(func(tx *Tx) error {
+		if f := tx.Check(); len(f) != 1 || !strings.Contains(f[0], "missing") {
+			t.Errorf("findings %q, want the missing index", f)
+		}
+		if _, _, err := tx.CommittedWithRef("sha256:layer", ""); !errdefs.IsDataLoss(err) {
+			t.Errorf("lookup without the index: %v, want DataLoss", err)
+		}
+		return nil
+	})
+	ro.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	openMigrated(t, path, func(tx *Tx) {
+		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
+			t.Errorf("lookup after the rebuild: %q %v %v", s.Key, ok, err)
+		}
+	})
 }
 
 // TestSecondOpenRefused: bolt's lock keeps a second process (here, a second

@@ -369,6 +369,9 @@ func (t *Tx) committedHolding(ref string, fn func(Snapshot) bool) error {
 	case err != nil && !errdefs.IsNotFound(err):
 		return err
 	}
+	if t.refs == nil {
+		return fmt.Errorf("the index of layers by chain id is missing; restart strata or run fsck --repair to rebuild it: %w", errdefs.ErrDataLoss)
+	}
 	prefix := refPrefix(ref)
 	c := t.refs.Cursor()
 	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
@@ -709,17 +712,21 @@ func (t *Tx) Check() []string {
 		}
 		return nil
 	})
-	for key, s := range records {
-		if ref := s.layerRef(); ref != "" && string(t.refs.Get(refKey(ref, s.ID))) != key {
-			add("committed snapshot %q holds layer %s, which the refs index does not give to it", key, ref)
+	if t.refs == nil {
+		add("the index of layers by chain id (refs) is missing; a read-write open rebuilds it")
+	} else {
+		for key, s := range records {
+			if ref := s.layerRef(); ref != "" && string(t.refs.Get(refKey(ref, s.ID))) != key {
+				add("committed snapshot %q holds layer %s, which the refs index does not give to it", key, ref)
+			}
 		}
+		_ = t.refs.ForEach(func(k, v []byte) error {
+			if s, ok := records[string(v)]; !ok || !bytes.Equal(refKey(s.layerRef(), s.ID), k) {
+				add("refs index entry %q names %q, which does not hold that layer", k, v)
+			}
+			return nil
+		})
 	}
-	_ = t.refs.ForEach(func(k, v []byte) error {
-		if s, ok := records[string(v)]; !ok || !bytes.Equal(refKey(s.layerRef(), s.ID), k) {
-			add("refs index entry %q names %q, which does not hold that layer", k, v)
-		}
-		return nil
-	})
 	_ = t.children.ForEach(func(k, v []byte) error {
 		c, ok := records[string(v)]
 		if len(k) != 16 || !ok || c.ID != binary.BigEndian.Uint64(k[8:]) {
