@@ -43,7 +43,7 @@ integration: tools
 # strata against containerd's overlayfs, side by side (BENCHMARKS.md): the
 # Snapshots API against bench/overlayref, then end to end through one
 # containerd. Root; the integration tools; a 20 GB and a 40 GB sparse file
-# in /var/tmp for the loop-device filesystems; about 7 minutes with the
+# in /var/tmp for the loop-device filesystems; about 8 minutes with the
 # default 3 rounds (BENCH_ROUNDS), 12 with 5. Tables go to the output and
 # to BENCH_OUT, which each run replaces.
 BENCH_ROUNDS ?= 3

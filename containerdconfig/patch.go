@@ -116,8 +116,8 @@ func Patch(in []byte, o Options) ([]byte, bool, error) {
   snapshotter = "overlayfs"
   differ = "walking"`, transferPlugin, platform))
 		}
-		t.appendBlock(fmt.Sprintf(`# Parallel unpack is the faster path for images of several layers, on
-# strata as on overlayfs (strata's BENCHMARKS.md): max_concurrent_unpacks = 4
+		t.appendBlock(fmt.Sprintf(`# Parallel unpack is the faster path on strata for images of several
+# layers (strata's BENCHMARKS.md): max_concurrent_unpacks = 4
 # in [plugins.%q].
 [[plugins.%q.unpack_config]]
   platform = %q
