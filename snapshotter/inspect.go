@@ -49,11 +49,12 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 			if rec.Kind == snapshots.KindActive && !rec.Staged {
 				d.WorkDir = s.layout.work(rec.Dir)
 			}
+			mapping := s.mappingFor(rec.Labels, lowers)
 			if rec.Kind != snapshots.KindCommitted {
-				d.Mounts = s.mounts(rec, lowers)
+				d.Mounts = s.mounts(rec, lowers, mapping)
 			}
-			if m := s.mappingFor(rec.Labels, lowers); m != nil {
-				d.UIDMapping, d.GIDMapping = m.uids, m.gids
+			if mapping != nil {
+				d.UIDMapping, d.GIDMapping = mapping.uids, mapping.gids
 			}
 			details = append(details, d)
 			return nil

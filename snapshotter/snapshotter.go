@@ -78,8 +78,7 @@ type snapshotter struct {
 	lock       *os.File // the root's lock, held until Close
 	db         *metadata.DB
 	syncRemove bool
-	commitSync bool
-	flusher    *flusher
+	flusher    *flusher // nil without sync_on_commit
 	options    []string // overlay mount options
 	// idmapped: the kernel does idmapped mounts, which snapshots for a
 	// user namespace need.
@@ -160,7 +159,6 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		lock:       lock,
 		db:         db,
 		syncRemove: c.syncRemove,
-		commitSync: !c.noCommitSync,
 		options:    options,
 		removing:   map[string]bool{},
 	}
@@ -168,7 +166,7 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		db.Close()
 		return nil, err
 	}
-	if s.commitSync {
+	if !c.noCommitSync {
 		if s.flusher, err = newFlusher(l.root); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("open the root to flush commits: %w", err)
@@ -272,7 +270,7 @@ func (s *snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 		if err != nil {
 			return err
 		}
-		ms = s.mounts(rec, lowers)
+		ms = s.mounts(rec, lowers, s.mappingFor(rec.Labels, lowers))
 		return nil
 	})
 	return ms, err
@@ -339,7 +337,8 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		if err != nil {
 			return err
 		}
-		ms = s.mounts(rec, lowers)
+		mapping := s.mappingFor(rec.Labels, lowers)
+		ms = s.mounts(rec, lowers, mapping)
 		if err := mounts.Check(ms); err != nil {
 			return fmt.Errorf("snapshot %q on %q: %w", key, parent, err)
 		}
@@ -347,7 +346,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			log.G(ctx).WithField("key", key).WithField("layer", layer.Key).Debug("layer already here; staged for commit without unpacking")
 			return nil
 		}
-		return s.makeDirs(rec, lowers, s.mappingFor(rec.Labels, lowers), &undo)
+		return s.makeDirs(rec, lowers, mapping, &undo)
 	})
 	if err != nil {
 		return nil, resourceKind(err)
@@ -414,7 +413,8 @@ func (s *snapshotter) populate(td string, lowers []string, mapping *idMapping) e
 	return nil
 }
 
-func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string) []mount.Mount {
+// mounts are rec's mounts on lowers, carrying mapping (mappingFor) if any.
+func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string, mapping *idMapping) []mount.Mount {
 	parents := make([]string, len(lowers))
 	for i, dir := range lowers {
 		parents[i] = s.layout.layer(dir)
@@ -427,8 +427,8 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string) []mount.Mou
 		WorkDir:  s.layout.work(rec.Dir),
 		Parents:  parents,
 		Options:  s.options,
+		Mapping:  mapping.options(),
 	}
-	req.Mapping = s.mappingFor(rec.Labels, lowers).options()
 	if extractsUpperLayer(rec) {
 		req.EmptyLower = s.layout.empty()
 	}
@@ -479,7 +479,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return resourceKind(fmt.Errorf("measure usage of %q: %w", key, err))
 	}
-	if s.commitSync {
+	if s.flusher != nil {
 		// The layer's files reach the disk before the commit is
 		// acknowledged (bbolt syncs the index itself). syncfs flushes the
 		// filesystem once, cheaper than an fsync per file of a layer, and
