@@ -453,7 +453,7 @@ func rotate(sides []*apiSide, r int) []*apiSide {
 // layer on an image's top (the median of 50), Stat and Usage of populated
 // snapshots (the medians of 200), and one Walk of everything.
 func (s *apiSide) measureScale(b *testing.B, ctx context.Context, n, round int) map[string]time.Duration {
-	var pc, st []time.Duration
+	var pc []time.Duration
 	var made []string
 	for i := range 50 {
 		name := fmt.Sprintf("op-%d-%d-%d", n, round, i)
@@ -465,23 +465,22 @@ func (s *apiSide) measureScale(b *testing.B, ctx context.Context, n, round int) 
 		}))
 		made = append(made, name)
 	}
-	for i := range 200 {
-		key := fmt.Sprintf("chain-%d-%d", (i*7919)%len(s.tips), i%5)
-		start := time.Now()
-		if _, err := s.sn.Stat(ctx, key); err != nil {
-			b.Fatalf("%s: stat %s: %v", s.name, key, err)
+	// call times one call on each of 200 populated snapshots, spread by
+	// stride over the chains.
+	call := func(what string, stride int, fn func(key string) error) []time.Duration {
+		var ts []time.Duration
+		for i := range 200 {
+			key := fmt.Sprintf("chain-%d-%d", (i*stride)%len(s.tips), i%5)
+			start := time.Now()
+			if err := fn(key); err != nil {
+				b.Fatalf("%s: %s %s: %v", s.name, what, key, err)
+			}
+			ts = append(ts, time.Since(start))
 		}
-		st = append(st, time.Since(start))
+		return ts
 	}
-	var us []time.Duration
-	for i := range 200 {
-		key := fmt.Sprintf("chain-%d-%d", (i*7907)%len(s.tips), i%5)
-		start := time.Now()
-		if _, err := s.sn.Usage(ctx, key); err != nil {
-			b.Fatalf("%s: usage of %s: %v", s.name, key, err)
-		}
-		us = append(us, time.Since(start))
-	}
+	st := call("stat", 7919, func(key string) error { _, err := s.sn.Stat(ctx, key); return err })
+	us := call("usage of", 7907, func(key string) error { _, err := s.sn.Usage(ctx, key); return err })
 	var count int
 	walk := timed(b, func() {
 		if err := s.sn.Walk(ctx, func(context.Context, snapshots.Info) error { count++; return nil }); err != nil {

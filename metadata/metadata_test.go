@@ -285,53 +285,45 @@ func TestRefsIndexRebuilt(t *testing.T) {
 		}
 		return refs.Put(refKey("sha256:layer", 999), []byte("gone"))
 	})
-	ro, err := OpenReadOnly(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = ro.View(func(tx *Tx) error {
-		if f := tx.Check(); len(f) != 2 {
-			t.Errorf("findings %q, want the missing and the stale entry", f)
-		}
-		_, _, err := tx.CommittedWithRef("sha256:layer", "")
-		if !errdefs.IsDataLoss(err) {
-			t.Errorf("lookup through a stale entry: %v, want DataLoss", err)
-		}
-		return nil
-	})
-	ro.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	openMigrated(t, path, func(tx *Tx) {
+	rebuilt := func(tx *Tx) {
 		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
 			t.Errorf("lookup after the rebuild: %q %v %v", s.Key, ok, err)
 		}
+	}
+	viewReadOnly(t, path, func(tx *Tx) {
+		if f := tx.Check(); len(f) != 2 {
+			t.Errorf("findings %q, want the missing and the stale entry", f)
+		}
+		if _, _, err := tx.CommittedWithRef("sha256:layer", ""); !errdefs.IsDataLoss(err) {
+			t.Errorf("lookup through a stale entry: %v, want DataLoss", err)
+		}
 	})
+	openMigrated(t, path, rebuilt)
 	// A missing index is reported by a check, and rebuilt too.
 	editFile(t, path, func(tx *bolt.Tx) error { return tx.Bucket(bucketRoot).DeleteBucket(bucketRefs) })
-	ro, err = OpenReadOnly(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = ro.View(func(tx *Tx) error {
+	viewReadOnly(t, path, func(tx *Tx) {
 		if f := tx.Check(); len(f) != 1 || !strings.Contains(f[0], "missing") {
 			t.Errorf("findings %q, want the missing index", f)
 		}
 		if _, _, err := tx.CommittedWithRef("sha256:layer", ""); !errdefs.IsDataLoss(err) {
 			t.Errorf("lookup without the index: %v, want DataLoss", err)
 		}
-		return nil
 	})
-	ro.Close()
+	openMigrated(t, path, rebuilt)
+}
+
+// viewReadOnly opens the index at path read-only, as fsck does, and runs
+// check in a read transaction.
+func viewReadOnly(t *testing.T, path string, check func(*Tx)) {
+	t.Helper()
+	db, err := OpenReadOnly(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	openMigrated(t, path, func(tx *Tx) {
-		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
-			t.Errorf("lookup after the rebuild: %q %v %v", s.Key, ok, err)
-		}
-	})
+	defer db.Close()
+	if err := db.View(func(tx *Tx) error { check(tx); return nil }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestSecondOpenRefused: bolt's lock keeps a second process (here, a second
