@@ -1,7 +1,10 @@
 # strata-snapshotter. Tests that mount overlayfs or run the daemon need root.
 GO      ?= go
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+# A release tag (vX.Y.Z), or v0.0.0-dev between releases; the commit goes
+# beside it in --version, as containerd prints it.
+VERSION  ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo .m)
+LDFLAGS  := -X main.version=$(VERSION) -X main.revision=$(REVISION)
 BINARY  := bin/strata-snapshotter
 
 # Every package but the integration tests, which run after them.

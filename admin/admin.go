@@ -4,9 +4,11 @@
 //
 // The API (all GET, all JSON; errors are {"error": "..."} with a 4xx/5xx):
 //
-//	/v1/snapshots              every snapshot, as Snapshot objects
-//	/v1/snapshot?key=KEY       one Snapshot; 404 "no such snapshot: KEY"
-//	/v1/du                     the accounting.Report of the store
+//	/v1/snapshots[?namespace=NS]        every snapshot (of NS), as Snapshot objects
+//	/v1/snapshot?key=NAME[&namespace=NS] one Snapshot, by its key or by the name
+//	                                     containerd users know; 400 without key,
+//	                                     404 none, 409 a name in several namespaces
+//	/v1/du[?namespace=NS]               the accounting.Report of the store (of NS)
 //
 // Try it with: curl --unix-socket /run/strata/strata.admin.sock http://strata/v1/du
 package admin
@@ -21,9 +23,9 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/log"
 
 	"github.com/strata-snapshotter/strata/accounting"
@@ -32,19 +34,25 @@ import (
 
 // Snapshot is one snapshot as the API shows it.
 type Snapshot struct {
-	Key      string            `json:"key"`
-	Kind     string            `json:"kind"` // active, view or committed
-	Parent   string            `json:"parent,omitempty"`
-	Created  time.Time         `json:"created"`
-	Updated  time.Time         `json:"updated"`
-	Labels   map[string]string `json:"labels,omitempty"`
-	Usage    Usage             `json:"usage"`
-	Leaf     bool              `json:"leaf"` // nothing stands on it
-	Children []string          `json:"children,omitempty"`
+	// Key is the snapshot's key as strata has it. containerd's keys are
+	// NAMESPACE/ID/NAME: Namespace and Name are its parts, Name being what
+	// ctr snapshots, nerdctl and crictl show (a container's ID, an image
+	// layer's chain ID).
+	Key       string            `json:"key"`
+	Namespace string            `json:"namespace,omitempty"`
+	Name      string            `json:"name"`
+	Kind      string            `json:"kind"` // active, view or committed
+	Parent    string            `json:"parent,omitempty"`
+	Created   time.Time         `json:"created"`
+	Updated   time.Time         `json:"updated"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Usage     Usage             `json:"usage"`
+	Leaf      bool              `json:"leaf"` // nothing stands on it
+	Children  []string          `json:"children,omitempty"`
 	// GraphDriver names the directories as Docker's inspect does.
 	GraphDriver GraphDriver `json:"graph_driver"`
 	// Mounts are what strata returns for an active snapshot or a view.
-	Mounts []mount.Mount `json:"mounts,omitempty"`
+	Mounts []Mount `json:"mounts,omitempty"`
 	// IDMapping is the user namespace the snapshot was made for.
 	IDMapping *IDMapping `json:"id_mapping,omitempty"`
 }
@@ -56,11 +64,33 @@ type IDMapping struct {
 	GIDs string `json:"gids"`
 }
 
+// Mount is one mount as containerd's Mounts call returns it.
+type Mount struct {
+	Type    string   `json:"type"`
+	Source  string   `json:"source"`
+	Target  string   `json:"target,omitempty"`
+	Options []string `json:"options,omitempty"`
+}
+
 // Usage is a layer's own usage.
 type Usage struct {
-	Bytes  int64 `json:"bytes"`  // apparent size of its files
-	Size   int64 `json:"size"`   // allocated, as containerd's Usage reports it
-	Inodes int64 `json:"inodes"` // inodes
+	// Bytes is the apparent size of its files (du --apparent-size).
+	Bytes int64 `json:"bytes"`
+	// AllocatedBytes is what its files and directories take on disk:
+	// containerd's Usage.Size, the SIZE ctr snapshots usage shows.
+	AllocatedBytes int64 `json:"allocated_bytes"`
+	Inodes         int64 `json:"inodes"`
+}
+
+// SplitKey splits a key containerd's metadata store made, NAMESPACE/ID/NAME,
+// into the namespace and the name; ok is false for any other key.
+func SplitKey(key string) (namespace, name string, ok bool) {
+	ns, rest, ok1 := strings.Cut(key, "/")
+	id, name, ok2 := strings.Cut(rest, "/")
+	if !ok1 || !ok2 || ns == "" || id == "" || name == "" || strings.Trim(id, "0123456789") != "" {
+		return "", key, false
+	}
+	return ns, name, true
 }
 
 // GraphDriver holds the directories under the names Docker users know.
@@ -86,23 +116,26 @@ type Source interface {
 func Handler(src Source) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
-		snaps, err := list(r.Context(), src)
+		snaps, err := list(r.Context(), src, r.URL.Query().Get("namespace"))
 		reply(w, r, snaps, err)
 	})
 	mux.HandleFunc("GET /v1/snapshot", func(w http.ResponseWriter, r *http.Request) {
-		key := r.URL.Query().Get("key")
-		snaps, err := list(r.Context(), src)
+		key, namespace := r.URL.Query().Get("key"), r.URL.Query().Get("namespace")
+		if key == "" {
+			replyError(w, r, http.StatusBadRequest, "key is required: /v1/snapshot?key=KEY")
+			return
+		}
+		snaps, err := list(r.Context(), src, namespace)
 		if err != nil {
 			reply(w, r, nil, err)
 			return
 		}
-		for _, s := range snaps {
-			if s.Key == key {
-				reply(w, r, s, nil)
-				return
-			}
+		s, code, msg := find(snaps, key)
+		if code != http.StatusOK {
+			replyError(w, r, code, msg)
+			return
 		}
-		replyError(w, r, http.StatusNotFound, "no such snapshot: "+key)
+		reply(w, r, s, nil)
 	})
 	mux.HandleFunc("GET /v1/du", func(w http.ResponseWriter, r *http.Request) {
 		details, err := src.Details(r.Context())
@@ -110,9 +143,12 @@ func Handler(src Source) http.Handler {
 			reply(w, r, nil, err)
 			return
 		}
-		nodes := make([]accounting.Node, len(details))
-		for i, d := range details {
-			nodes[i] = accounting.Node{Key: d.Name, Parent: d.Parent, Kind: kind(d), Dir: d.Dir, Bytes: d.Usage.Bytes, Inodes: d.Usage.Inodes}
+		namespace := r.URL.Query().Get("namespace")
+		var nodes []accounting.Node
+		for _, d := range details {
+			if inNamespace(d.Name, namespace) {
+				nodes = append(nodes, accounting.Node{Key: d.Name, Parent: d.Parent, Kind: kind(d), Dir: d.Dir, Bytes: d.Usage.Bytes, Inodes: d.Usage.Inodes})
+			}
 		}
 		report, err := accounting.Compute(nodes)
 		reply(w, r, report, err)
@@ -120,14 +156,54 @@ func Handler(src Source) http.Handler {
 	return mux
 }
 
+// find picks the snapshot a user means: the one with that key, else the
+// one with that name (in the namespace asked for, or in the only namespace
+// that has it).
+func find(snaps []Snapshot, key string) (Snapshot, int, string) {
+	var named []Snapshot
+	for _, s := range snaps {
+		if s.Key == key {
+			return s, http.StatusOK, ""
+		}
+		if s.Name == key {
+			named = append(named, s)
+		}
+	}
+	switch len(named) {
+	case 0:
+		return Snapshot{}, http.StatusNotFound, "no such snapshot: " + key
+	case 1:
+		return named[0], http.StatusOK, ""
+	}
+	var keys []string
+	for _, s := range named {
+		keys = append(keys, s.Key)
+	}
+	return Snapshot{}, http.StatusConflict, fmt.Sprintf("%q names a snapshot in several namespaces (%s): name the namespace, or give the key", key, strings.Join(keys, ", "))
+}
+
+func inNamespace(key, namespace string) bool {
+	if namespace == "" {
+		return true
+	}
+	ns, _, ok := SplitKey(key)
+	return ok && ns == namespace
+}
+
 func kind(d snapshotter.Detail) string { return strings.ToLower(d.Kind.String()) }
 
 // list turns the snapshotter's details into the API's objects, sorted by
 // key, with children and leaves worked out.
-func list(ctx context.Context, src Source) ([]Snapshot, error) {
-	details, err := src.Details(ctx)
+func list(ctx context.Context, src Source, namespace string) ([]Snapshot, error) {
+	all, err := src.Details(ctx)
 	if err != nil {
 		return nil, err
+	}
+	var details []snapshotter.Detail
+	for _, d := range all {
+		if inNamespace(d.Name, namespace) {
+			details = append(details, d)
+		}
 	}
 	children := map[string][]string{}
 	for _, d := range details {
@@ -137,17 +213,22 @@ func list(ctx context.Context, src Source) ([]Snapshot, error) {
 	}
 	snaps := make([]Snapshot, 0, len(details))
 	for _, d := range details {
+		ns, name, _ := SplitKey(d.Name)
 		s := Snapshot{
-			Key:      d.Name,
-			Kind:     kind(d),
-			Parent:   d.Parent,
-			Created:  d.Created,
-			Updated:  d.Updated,
-			Labels:   d.Labels,
-			Usage:    Usage{Bytes: d.Usage.Bytes, Size: d.Usage.Size, Inodes: d.Usage.Inodes},
-			Leaf:     len(children[d.Name]) == 0,
-			Children: children[d.Name],
-			Mounts:   d.Mounts,
+			Key:       d.Name,
+			Namespace: ns,
+			Name:      name,
+			Kind:      kind(d),
+			Parent:    d.Parent,
+			Created:   d.Created,
+			Updated:   d.Updated,
+			Labels:    d.Labels,
+			Usage:     Usage{Bytes: d.Usage.Bytes, AllocatedBytes: d.Usage.Size, Inodes: d.Usage.Inodes},
+			Leaf:      len(children[d.Name]) == 0,
+			Children:  children[d.Name],
+		}
+		for _, m := range d.Mounts {
+			s.Mounts = append(s.Mounts, Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
 		}
 		sort.Strings(s.Children)
 		if d.UIDMapping != "" {
@@ -181,7 +262,7 @@ func replyError(w http.ResponseWriter, _ *http.Request, code int, msg string) {
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
-// ErrNotFound is returned by the client for an unknown key.
+// ErrNotFound is returned by the client for an unknown key or name.
 var ErrNotFound = errors.New("no such snapshot")
 
 // Client talks to a running daemon's admin socket.
@@ -203,14 +284,28 @@ func NewClient(address string) *Client {
 	}
 }
 
-func (c *Client) get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://strata"+path, nil)
+func (c *Client) get(ctx context.Context, path string, query url.Values, v any) error {
+	for k, vs := range query {
+		if len(vs) == 1 && vs[0] == "" {
+			delete(query, k)
+		}
+	}
+	u := "http://strata" + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
 	}
 	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach strata's admin socket %s (is strata-snapshotter running?): %w", c.address, err)
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("strata's admin socket %s is root's only: run as root: %w", c.address, err)
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("no strata daemon answers on its admin socket %s (is strata-snapshotter running, with this config or --address?): %w", c.address, err)
+	case err != nil:
+		return fmt.Errorf("ask strata's admin socket %s: %w", c.address, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -224,20 +319,22 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 	return json.NewDecoder(resp.Body).Decode(v)
 }
 
-// Snapshots lists every snapshot.
-func (c *Client) Snapshots(ctx context.Context) ([]Snapshot, error) {
+// Snapshots lists every snapshot, or a containerd namespace's.
+func (c *Client) Snapshots(ctx context.Context, namespace string) ([]Snapshot, error) {
 	var s []Snapshot
-	return s, c.get(ctx, "/v1/snapshots", &s)
+	return s, c.get(ctx, "/v1/snapshots", url.Values{"namespace": {namespace}}, &s)
 }
 
-// Snapshot describes one snapshot; ErrNotFound for an unknown key.
-func (c *Client) Snapshot(ctx context.Context, key string) (Snapshot, error) {
+// Snapshot describes one snapshot, found by its key or its name (in
+// namespace, when one is given); ErrNotFound when none matches.
+func (c *Client) Snapshot(ctx context.Context, namespace, key string) (Snapshot, error) {
 	var s Snapshot
-	return s, c.get(ctx, "/v1/snapshot?key="+url.QueryEscape(key), &s)
+	return s, c.get(ctx, "/v1/snapshot", url.Values{"key": {key}, "namespace": {namespace}}, &s)
 }
 
-// DiskUsage is the store's accounting.
-func (c *Client) DiskUsage(ctx context.Context) (accounting.Report, error) {
+// DiskUsage is the accounting of the store, or of a containerd namespace's
+// snapshots.
+func (c *Client) DiskUsage(ctx context.Context, namespace string) (accounting.Report, error) {
 	var r accounting.Report
-	return r, c.get(ctx, "/v1/du", &r)
+	return r, c.get(ctx, "/v1/du", url.Values{"namespace": {namespace}}, &r)
 }

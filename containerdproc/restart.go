@@ -8,14 +8,11 @@
 package containerdproc
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/containerd/log"
@@ -144,21 +141,11 @@ func listener(ctx context.Context, socket string) (pid int, running bool, err er
 
 // StartTime returns when process pid started, to the clock tick (10ms).
 func StartTime(pid int) (time.Time, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := statFields(pid)
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	// pid (comm) state ppid … : comm may hold spaces and parentheses, so
-	// count fields after the last ')'. starttime is field 22, the 20th
-	// after it.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return time.Time{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return time.Time{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
+	// starttime is field 22, the 20th after the command name.
 	ticks, err := strconv.ParseInt(f[19], 10, 64)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("/proc/%d/stat starttime: %w", pid, err)

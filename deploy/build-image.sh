@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 log() { echo "build-image.sh: $*" >&2; }
 
 tools="$(integration/tools/install.sh | tail -n1)"
-version="${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}"
+version="${VERSION:-$(git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev)}"
 name="${IMAGE_NAME:-strata-snapshotter:$version}"
 output="${IMAGE_OUTPUT:-type=oci,dest=_output/strata-snapshotter.oci.tar,name=$name}"
 root="${STRATA_BUILDKIT_ROOT:-/var/lib/strata-image-buildkit}"

@@ -61,7 +61,7 @@ func New(src StatsSource, version string) *Metrics {
 
 // observe counts and times a call, unless it is a health probe's.
 func (m *Metrics) observe(ctx context.Context, method string, start time.Time, err error) {
-	if isProbe(ctx) {
+	if IsProbe(ctx) {
 		return
 	}
 	method = path.Base(method) // "/containerd.services.snapshots.v1.Snapshots/Prepare" -> "Prepare"
@@ -83,7 +83,8 @@ func Probe(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, probeKey, "1")
 }
 
-func isProbe(ctx context.Context) bool {
+// IsProbe says whether ctx is an incoming health probe's call.
+func IsProbe(ctx context.Context) bool {
 	return len(metadata.ValueFromIncomingContext(ctx, probeKey)) > 0
 }
 

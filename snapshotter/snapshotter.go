@@ -145,6 +145,13 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		return nil, err
 	}
 	if err := probe(l, options); err != nil {
+		// Tell the operator's options apart from the kernel or the
+		// filesystem: without them, does the probe mount?
+		if len(c.mountOptions) > 0 {
+			if plain, perr := mounts.DefaultOptions(root, nil); perr == nil && probe(l, plain) == nil {
+				return nil, fmt.Errorf("mount_options %q: the kernel refuses an overlay mount with them under %s: %w", c.mountOptions, root, err)
+			}
+		}
 		return nil, fmt.Errorf("overlayfs is not usable under %s: %w", root, err)
 	}
 	if err := l.checkIndexPresent(); err != nil {

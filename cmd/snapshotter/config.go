@@ -46,6 +46,8 @@ type Config struct {
 	MetricsAddress string `toml:"metrics_address"`
 	// LogLevel is one of trace, debug, info, warn, error, fatal, panic.
 	LogLevel string `toml:"log_level"`
+	// LogFormat is text or json, as containerd's [debug] format.
+	LogFormat string `toml:"log_format"`
 	// SyncRemove deletes a removed snapshot's files before Remove returns.
 	SyncRemove bool `toml:"sync_remove"`
 	// SyncOnCommit flushes a layer's files to disk before Commit returns.
@@ -75,6 +77,7 @@ func defaultConfig() Config {
 		Root:            defaultRoot,
 		Address:         defaultAddress,
 		LogLevel:        "info",
+		LogFormat:       "text",
 		SyncOnCommit:    true,
 		ShutdownTimeout: duration{10 * time.Second},
 	}
@@ -103,6 +106,9 @@ func loadFile(cfg *Config, path string, named bool) error {
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) {
 			row, col := derr.Position()
+			if key := strings.Join(derr.Key(), "."); key != "" {
+				return fmt.Errorf("config %s:%d:%d: %s: %s", path, row, col, key, describeDecodeError(key, derr))
+			}
 			return fmt.Errorf("config %s:%d:%d: %v", path, row, col, derr)
 		}
 		return fmt.Errorf("config %s: %w", path, err)
@@ -138,6 +144,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("log_level: %q is not one of trace, debug, info, warn, error, fatal, panic", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("log_format: %q is not text or json", c.LogFormat)
 	}
 	for _, o := range c.MountOptions {
 		if err := validateMountOption(o); err != nil {
@@ -193,4 +202,25 @@ func validateMountOption(o string) error {
 		return fmt.Errorf("%q: strata sets %s itself", o, key)
 	}
 	return nil
+}
+
+// describeDecodeError says what a key's value should be, in TOML's terms
+// rather than the Go field's the decoder names.
+func describeDecodeError(key string, err error) string {
+	want := map[string]string{
+		"root": "a string (an absolute path)", "address": "a string (a socket path)",
+		"admin_address": "a string (a socket path)", "metrics_address": "a string (a socket path or HOST:PORT)",
+		"log_level": "a string", "log_format": "a string", "sync_remove": "true or false",
+		"sync_on_commit": "true or false", "mount_options": "a list of strings",
+		"shutdown_timeout": `a duration string such as "10s"`,
+	}[key]
+	msg := strings.TrimPrefix(err.Error(), "toml: ")
+	if !strings.Contains(msg, "struct field") {
+		// The value's own error (a bad duration), not a wrong type.
+		return fmt.Sprintf("%s (want %s)", msg, want)
+	}
+	if want == "" {
+		return err.Error()
+	}
+	return "wrong type, want " + want
 }

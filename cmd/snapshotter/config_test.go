@@ -10,6 +10,18 @@ import (
 	"time"
 )
 
+// parseConfig resolves the daemon's settings from command-line arguments,
+// as run does before serving.
+func parseConfig(args []string) (Config, error) {
+	var g globals
+	fl := newFlagSet("strata-snapshotter", io.Discard, io.Discard)
+	g.register(fl)
+	if err := fl.Parse(args); err != nil {
+		return Config{}, err
+	}
+	return g.load()
+}
+
 func writeConfig(t *testing.T, body string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.toml")
@@ -30,7 +42,7 @@ sync_on_commit = false
 mount_options = ["volatile"]
 shutdown_timeout = "3s"
 `)
-	cfg, _, err := parseConfig([]string{"--config", p, "--root", "/flag/root", "--log-level", "warn", "--admin-address", "/flag/admin.sock"}, io.Discard)
+	cfg, err := parseConfig([]string{"--config", p, "--root", "/flag/root", "--log-level", "warn", "--admin-address", "/flag/admin.sock"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,6 +51,7 @@ shutdown_timeout = "3s"
 		Address:         "/srv/strata.sock", // file over default
 		AdminAddress:    "/flag/admin.sock", // flag over default
 		LogLevel:        "warn",             // flag over file
+		LogFormat:       "text",
 		SyncRemove:      true,
 		MountOptions:    []string{"volatile"},
 		ShutdownTimeout: duration{3 * time.Second},
@@ -47,7 +60,7 @@ shutdown_timeout = "3s"
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}
 	// Unset, the admin socket is beside the address in force.
-	cfg, _, err = parseConfig([]string{"--config", p, "--address", "/flag/x.sock"}, io.Discard)
+	cfg, err = parseConfig([]string{"--config", p, "--address", "/flag/x.sock"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +78,7 @@ shutdown_timeout = "3s"
 		{[]string{"--config", named, "--address", "/run/b/strata.sock"}, "/run/b/strata.admin.sock"},
 		{[]string{"--config", named, "--address", "/run/b/strata.sock", "--admin-address", "/run/b/a.sock"}, "/run/b/a.sock"},
 	} {
-		cfg, _, err := parseConfig(tc.args, io.Discard)
+		cfg, err := parseConfig(tc.args)
 		if err != nil || cfg.AdminAddress != tc.want {
 			t.Errorf("%v: admin address %q, %v; want %q", tc.args, cfg.AdminAddress, err, tc.want)
 		}
@@ -83,7 +96,7 @@ func TestConfigDefaultFileMayBeMissing(t *testing.T) {
 	if !reflect.DeepEqual(cfg, defaultConfig()) {
 		t.Fatalf("config changed by a missing file: %+v", cfg)
 	}
-	if _, _, err := parseConfig([]string{"--config", missing}, io.Discard); err == nil || !strings.Contains(err.Error(), "no such file") {
+	if _, err := parseConfig([]string{"--config", missing}); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Fatalf("named missing file: got %v, want an error", err)
 	}
 }
@@ -120,10 +133,9 @@ func TestConfigValidation(t *testing.T) {
 		flags      []string
 		want       string
 	}{
-		{"relative root flag", "", []string{"--root", "var/lib/strata"}, `root: "var/lib/strata" must be an absolute path`},
 		{"relative root file", `root = "x"`, nil, `root: "x" must be an absolute path`},
 		{"relative address", `address = "s.sock"`, nil, "address:"},
-		{"relative admin address", "", []string{"--admin-address", "admin.sock"}, "admin_address:"},
+		{"relative admin address", `admin_address = "admin.sock"`, nil, "admin_address:"},
 		{"admin address is the API's", `address = "/run/x.sock"` + "\n" + `admin_address = "/run/x.sock"`, nil, "admin_address: \"/run/x.sock\" is also"},
 		{"address too long", `address = "/` + strings.Repeat("a", 120) + `"`, nil, "at most 107"},
 		{"unknown key", "root = \"/x\"\nrooot = \"/y\"\n", nil, "unknown key(s) rooot"},
@@ -135,13 +147,14 @@ func TestConfigValidation(t *testing.T) {
 		{"mount option with comma", `mount_options = ["volatile,metacopy=on"]`, nil, "mount_options:"},
 		{"mount option sets lowerdir", `mount_options = ["lowerdir=/etc"]`, nil, "strata sets lowerdir itself"},
 		{"empty mount option", `mount_options = [""]`, nil, "mount_options: empty option"},
-		{"bad duration", `shutdown_timeout = "soon"`, nil, "config"},
-		{"wrong type", `sync_remove = "yes"`, nil, "config"},
-		{"stray argument", "", []string{"serve"}, `unexpected argument "serve"`},
+		{"bad duration", `shutdown_timeout = "soon"`, nil, `shutdown_timeout: time: invalid duration "soon" (want a duration string such as "10s")`},
+		{"wrong type", `sync_remove = "yes"`, nil, "sync_remove: wrong type, want true or false"},
+		{"wrong type list", `mount_options = "volatile"`, nil, "mount_options: wrong type, want a list of strings"},
+		{"bad log format", `log_format = "xml"`, nil, `log_format: "xml" is not text or json`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append([]string{"--config", writeConfig(t, tc.file)}, tc.flags...)
-			_, _, err := parseConfig(args, io.Discard)
+			_, err := parseConfig(args)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
@@ -149,12 +162,29 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
+// TestConfigRelativeFlags: a relative path on the command line is taken
+// against the working directory, as every command-line tool reads one; in
+// the config file, which has no such directory, it is refused (above).
+func TestConfigRelativeFlags(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig([]string{"--config", writeConfig(t, ""), "--root", "var/lib/strata", "--address", "s/strata.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Root != filepath.Join(wd, "var/lib/strata") || cfg.Address != filepath.Join(wd, "s/strata.sock") || cfg.AdminAddress != filepath.Join(wd, "s/strata.admin.sock") {
+		t.Fatalf("relative flags resolved to root %q, address %q, admin %q", cfg.Root, cfg.Address, cfg.AdminAddress)
+	}
+}
+
 // TestBadConfigExitsOne: the command prints the problem and exits 1.
 func TestBadConfigExitsOne(t *testing.T) {
 	var stderr strings.Builder
-	code := run([]string{"--config", writeConfig(t, ""), "--root", "relative"}, io.Discard, &stderr)
-	if code != 1 || !strings.Contains(stderr.String(), "root:") {
-		t.Fatalf("exit %d, stderr %q; want 1 and a message naming root", code, stderr.String())
+	code := run([]string{"--config", writeConfig(t, `root = "relative"`)}, io.Discard, &stderr)
+	if code != 1 || strings.Count(stderr.String(), "root:") != 1 {
+		t.Fatalf("exit %d, stderr %q; want 1 and one message naming root", code, stderr.String())
 	}
 	var stdout strings.Builder
 	if code := run([]string{"--version"}, &stdout, io.Discard); code != 0 || !strings.HasPrefix(stdout.String(), "strata-snapshotter ") {

@@ -1,21 +1,29 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"io"
+	"net"
 	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/strata-snapshotter/strata/containerdproc"
 )
 
 // TestContainerdConfigWrite: --write patches the file once, reports
-// "changed", then "unchanged"; a missing file is created.
+// "changed", then "unchanged"; with --create a missing file is started.
 func TestContainerdConfigWrite(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "containerd", "config.toml")
+	file := filepath.Join(t.TempDir(), "config.toml")
 	for i, want := range []string{"changed\n", "unchanged\n"} {
 		var out strings.Builder
-		if code := run([]string{"containerd-config", "--file", file, "--cri", "--write"}, &out, io.Discard); code != 0 {
+		if code := run([]string{"containerd-config", "--create", "--file", file, "--cri", "--write"}, &out, io.Discard); code != 0 {
 			t.Fatalf("run %d exited %d", i, code)
 		}
 		if out.String() != want {
@@ -41,7 +49,7 @@ func TestContainerdConfigWrite(t *testing.T) {
 func TestContainerdConfigRestart(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "config.toml")
-	args := []string{"containerd-config", "--file", file, "--runtime-handler", "strata", "--write", "--restart",
+	args := []string{"containerd-config", "--create", "--file", file, "--runtime-handler", "strata", "--write", "--restart",
 		"--containerd-address", filepath.Join(dir, "containerd.sock")}
 	for i, want := range []string{"changed\n", "unchanged\n"} {
 		var out, stderr strings.Builder
@@ -54,7 +62,7 @@ func TestContainerdConfigRestart(t *testing.T) {
 		t.Fatalf("no runtime handler:\n%s", b)
 	}
 	var stderr strings.Builder
-	if code := run([]string{"containerd-config", "--file", file, "--restart"}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "--restart needs --write") {
+	if code := run([]string{"containerd-config", "--file", file, "--restart"}, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), "--restart needs --write") {
 		t.Fatalf("--restart alone: exit %d, %q", code, stderr.String())
 	}
 }
@@ -63,17 +71,16 @@ func TestContainerdConfigRestart(t *testing.T) {
 // patched, --restart leaves alone a containerd that started after the file's
 // last change (the rolling-update case), and restarts one that started
 // before it (a previous run cut off between writing and restarting). A
-// strata daemon stands in for containerd: a process listening on a socket
-// that exits on SIGTERM, with no service manager to start it again.
+// stand-in containerd reads the file (its --config) and exits on SIGTERM,
+// with no service manager to start it again.
 func TestContainerdConfigRestartsStaleContainerd(t *testing.T) {
-	requireRoot(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "config.toml")
-	if code := run([]string{"containerd-config", "--file", file, "--write"}, io.Discard, io.Discard); code != 0 {
+	if code := run([]string{"containerd-config", "--create", "--file", file, "--write"}, io.Discard, io.Discard); code != 0 {
 		t.Fatalf("patch exited %d", code)
 	}
-	d := startDaemon(t, t.TempDir())
-	args := []string{"containerd-config", "--file", file, "--write", "--restart", "--containerd-address", d.address, "--restart-timeout", "2s"}
+	c := startFakeContainerd(t, file, false)
+	args := []string{"containerd-config", "--file", file, "--write", "--restart", "--containerd-address", c.socket, "--restart-timeout", "2s"}
 
 	// Written long before the listener started: nothing to do.
 	hourAgo := time.Now().Add(-time.Hour)
@@ -85,7 +92,7 @@ func TestContainerdConfigRestartsStaleContainerd(t *testing.T) {
 		t.Fatalf("config older than containerd: exit %d, %q %q", code, out.String(), stderr.String())
 	}
 	select {
-	case <-d.exited:
+	case <-c.exited:
 		t.Fatal("the listener was stopped though it had read the config")
 	default:
 	}
@@ -102,8 +109,156 @@ func TestContainerdConfigRestartsStaleContainerd(t *testing.T) {
 	if code != 1 || !strings.Contains(out.String(), "before the config's last change") || !strings.Contains(stderr.String(), "service manager") {
 		t.Fatalf("config newer than containerd: exit %d, %q %q", code, out.String(), stderr.String())
 	}
-	if code := d.wait(); code != 0 {
-		t.Fatalf("the listener exited %d on SIGTERM, want 0", code)
+	<-c.exited
+}
+
+// TestContainerdConfigSafety: every reason not to touch containerd's config
+// or containerd is found before anything changes, and said: a --file that
+// does not exist (a typo), --create into a missing directory, --restart of a
+// containerd that reads another file, or of one nothing would start again
+// (run from a shell). A change keeps the original beside the file.
+func TestContainerdConfigSafety(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.toml")
+	original := "version = 3\n# the operator's comment\n"
+	if err := os.WriteFile(file, []byte(original), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	unchanged := func(what string) {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil || string(b) != original {
+			t.Fatalf("%s: the file changed: %v %q", what, err, b)
+		}
+		entries, _ := os.ReadDir(dir)
+		if len(entries) != 1 {
+			t.Fatalf("%s: left %d entries in the directory, want only the file", what, len(entries))
+		}
+	}
+	refused := func(what, want string, args ...string) {
+		t.Helper()
+		var out, stderr strings.Builder
+		if code := run(append([]string{"containerd-config"}, args...), &out, &stderr); code != 1 || !strings.Contains(stderr.String(), want) || out.Len() != 0 {
+			t.Fatalf("%s: exit %d, stdout %q, stderr %q; want 1 and %q", what, code, out.String(), stderr.String(), want)
+		}
+		unchanged(what)
+	}
+
+	refused("mistyped --file", "does not exist: check --file, or pass --create", "--file", filepath.Join(dir, "conifg.toml"), "--write")
+	refused("--create in a missing directory", "must exist", "--create", "--file", filepath.Join(dir, "etc", "containerd", "config.toml"), "--write")
+
+	elsewhere := filepath.Join(t.TempDir(), "config.toml")
+	other := startFakeContainerd(t, elsewhere, false)
+	refused("containerd reading another file", "reads "+elsewhere+", not "+file, "--file", file, "--write", "--restart", "--containerd-address", other.socket)
+
+	shell := startFakeContainerd(t, file, true)
+	refused("containerd under a shell", "runs under the shell sh", "--file", file, "--write", "--restart", "--containerd-address", shell.socket)
+	for _, c := range []*fakeContainerd{other, shell} {
+		select {
+		case <-c.exited:
+			t.Fatal("a refused --restart stopped containerd")
+		default:
+		}
+	}
+
+	// A change keeps the original, with its mode.
+	var out, stderr strings.Builder
+	if code := run([]string{"containerd-config", "--file", file, "--write"}, &out, &stderr); code != 0 || out.String() != "changed\n" {
+		t.Fatalf("write: exit %d, %q %q", code, out.String(), stderr.String())
+	}
+	backups, _ := filepath.Glob(file + ".strata-backup-*")
+	if len(backups) != 1 || !strings.Contains(stderr.String(), "kept the original as "+backups[0]) {
+		t.Fatalf("backups %v, stderr %q; want one, named", backups, stderr.String())
+	}
+	b, _ := os.ReadFile(backups[0])
+	fi, _ := os.Stat(file)
+	if string(b) != original || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("backup holds %q, the file's mode is %v; want the original and 0600", b, fi.Mode().Perm())
+	}
+}
+
+// fakeContainerdEnv makes the test binary a stand-in for containerd:
+// listening on the socket the variable names, its command line naming its
+// config file, until SIGTERM.
+const fakeContainerdEnv = "STRATA_TEST_FAKE_CONTAINERD"
+
+func fakeContainerdMain(socket string) int {
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM)
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	fmt.Println("listening")
+	<-signals
+	return 0
+}
+
+type fakeContainerd struct {
+	socket string
+	exited chan struct{}
+}
+
+// startFakeContainerd starts a stand-in containerd reading config (from a
+// shell that stays its parent, if viaShell) and waits until it listens.
+func startFakeContainerd(t *testing.T, config string, viaShell bool) *fakeContainerd {
+	t.Helper()
+	c := &fakeContainerd{socket: filepath.Join(shortDir(t), "containerd.sock"), exited: make(chan struct{})}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "--config", config)
+	if viaShell {
+		// "; true" keeps sh as the parent rather than exec'ing.
+		cmd = exec.Command("sh", "-c", `"$0" --config "$1"; true`, self, config)
+	}
+	cmd.Env = append(os.Environ(), fakeContainerdEnv+"="+c.socket)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		io.Copy(io.Discard, stdout)
+		cmd.Wait()
+		close(c.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-c.exited:
+			return
+		default:
+		}
+		if pid, err := containerdproc.ServerPID(context.Background(), c.socket); err == nil {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+		<-c.exited
+	})
+	// Ready when it answers on the socket; it says so before that.
+	for {
+		if _, err := containerdproc.ServerPID(context.Background(), c.socket); err == nil {
+			return c
+		}
+		select {
+		case <-c.exited:
+			t.Fatal("the stand-in containerd exited before listening")
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 
@@ -113,13 +268,13 @@ func TestContainerdConfigRestartsStaleContainerd(t *testing.T) {
 func TestContainerdConfigDefaultSnapshotter(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "config.toml")
 	var stderr strings.Builder
-	if code := run([]string{"containerd-config", "--file", file, "--runtime-handler", "strata", "--bootstrap-handler", "runc", "--write"}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "bootstrap") {
+	if code := run([]string{"containerd-config", "--create", "--file", file, "--runtime-handler", "strata", "--bootstrap-handler", "runc", "--write"}, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "bootstrap") {
 		t.Fatalf("--bootstrap-handler without --cri: exit %d, %q", code, stderr.String())
 	}
 	if _, err := os.Stat(file); !os.IsNotExist(err) {
 		t.Fatalf("a refused run wrote the file: %v", err)
 	}
-	if code := run([]string{"containerd-config", "--file", file, "--cri", "--runtime-handler", "strata", "--bootstrap-handler", "runc", "--write"}, io.Discard, io.Discard); code != 0 {
+	if code := run([]string{"containerd-config", "--create", "--file", file, "--cri", "--runtime-handler", "strata", "--bootstrap-handler", "runc", "--write"}, io.Discard, io.Discard); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	b, _ := os.ReadFile(file)

@@ -232,7 +232,7 @@ func without(list []string, s string) []string {
 func verify(t *testing.T, d *daemon, m *crashModel) int {
 	t.Helper()
 	ctx := context.Background()
-	all, err := admin.NewClient(d.admin).Snapshots(ctx)
+	all, err := admin.NewClient(d.admin).Snapshots(ctx, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if socket := os.Getenv(fakeContainerdEnv); socket != "" {
+		os.Exit(fakeContainerdMain(socket))
+	}
 	dir, err := os.MkdirTemp("", "strata-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

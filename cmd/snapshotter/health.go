@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -14,36 +13,23 @@ import (
 // runHealth asks the daemon's /healthz and exits 0 only on 200: an
 // operator's quick check, and a probe for service managers that run a
 // command (the DaemonSet's kubelet asks /healthz over HTTP itself).
-func runHealth(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("strata-snapshotter health", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	configPath := fl.String("config", defaultConfigPath, "the daemon's config file, for its metrics_address")
-	addr := fl.String("metrics-address", "", "the daemon's metrics address (default: metrics_address from --config)")
+func runHealth(g *globals, args []string, stdout, stderr io.Writer) int {
+	fl := subcommandFlags(g, "health", stdout, stderr)
 	timeout := fl.Duration("timeout", 5*time.Second, "how long to wait for an answer")
-	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: strata-snapshotter health [--config FILE] [--metrics-address ADDRESS] [--timeout D]")
-		fl.PrintDefaults()
-	}
 	if _, code, ok := parseArgs(fl, args, 0); !ok {
 		return code
 	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "strata-snapshotter health: %v\n", err)
-		return 1
+		return exitFailure
 	}
-	address := *addr
-	if address == "" {
-		cfg := defaultConfig()
-		if err := loadFile(&cfg, *configPath, setFlags(fl)["config"]); err != nil {
-			return fail(err)
-		}
-		address = cfg.MetricsAddress
+	cfg, err := g.load()
+	if err != nil {
+		return fail(err)
 	}
+	address := cfg.MetricsAddress
 	if address == "" {
 		return fail(fmt.Errorf("metrics are off: set metrics_address (or pass --metrics-address)"))
-	}
-	if err := validateMetricsAddress(address); err != nil {
-		return fail(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()

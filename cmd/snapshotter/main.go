@@ -4,126 +4,340 @@
 //	[proxy_plugins.strata]
 //	  type = "snapshot"
 //	  address = "/run/strata/strata.sock"
+//
+// Its subcommands inspect and check the store and register strata in
+// containerd's config. Like ctr and nerdctl, global options may come before
+// the subcommand or after it, and a subcommand's options before or after
+// its arguments.
 package main
 
 import (
 	"context"
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"strings"
+	"text/tabwriter"
 
 	"github.com/containerd/log"
 )
 
-// version is set at build time by the Makefile (-ldflags -X main.version=...).
-var version = ""
+// version and revision are set at build time by the Makefile
+// (-ldflags -X main.version=... -X main.revision=...).
+var version, revision = "", ""
+
+// Exit codes: 1 for a failure, 2 for a command line that cannot be parsed
+// (Go's flag convention).
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// A command is one of strata-snapshotter's subcommands.
+type command struct {
+	name     string
+	synopsis string // its arguments and own options
+	summary  string
+	run      func(g *globals, args []string, stdout, stderr io.Writer) int
+}
+
+// commands lists the subcommands, in the order help shows them. It is set
+// in init because help reads it.
+var commands []command
+
+func init() {
+	commands = []command{
+		{"ls", "[-n NAMESPACE] [--json]", "list snapshots", operatorCommand("ls", cmdLs, 0)},
+		{"tree", "[-n NAMESPACE] [--json]", "the parent/child forest, leaves marked", operatorCommand("tree", cmdTree, 0)},
+		{"inspect", "[-n NAMESPACE] [--json] NAME|KEY", "everything about one snapshot", operatorCommand("inspect", cmdInspect, 1)},
+		{"du", "[-n NAMESPACE] [--json]", "bytes per leaf, unique and shared, and what sharing saves", operatorCommand("du", cmdDu, 0)},
+		{"fsck", "[--repair | --discard-unindexed]", "check a stopped store (the root from --root or the config)", runFsck},
+		{"containerd-config", "[--file FILE] [--create] [--cri] [--runtime-handler NAME] [--bootstrap-handler NAME] [--write [--restart ...]]", "register strata in containerd's config: print it patched, or write it", runContainerdConfig},
+		{"health", "[--timeout D]", "ask the daemon's /healthz (exit 0 only when healthy)", runHealth},
+		{"version", "", "print the version", runVersion},
+		{"help", "[COMMAND]", "show help for strata-snapshotter or a command", runHelp},
+	}
+}
+
+func lookup(name string) (command, bool) {
+	for _, c := range commands {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
 // run is the whole command; it returns the process's exit code.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		if cmd, ok := subcommands[args[0]]; ok {
-			return runSubcommand(args[0], cmd, args[1:], stdout, stderr)
-		}
-		switch args[0] {
-		case "fsck":
-			return runFsck(args[1:], stdout, stderr)
-		case "containerd-config":
-			return runContainerdConfig(args[1:], stdout, stderr)
-		case "health":
-			return runHealth(args[1:], stdout, stderr)
-		}
+	var g globals
+	fl := newFlagSet("strata-snapshotter", stdout, stderr)
+	g.register(fl)
+	showVersion := fl.Bool("version", false, "print the version and exit")
+	fl.BoolVar(showVersion, "v", false, "print the version and exit (short for --version)")
+	fl.Usage = func() { printHelp(fl.Output(), fl) }
+	if code, ok := parse(fl, args); !ok {
+		return code
 	}
-	cfg, showVersion, err := parseConfig(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
+	if *showVersion {
+		return runVersion(&g, nil, stdout, stderr)
 	}
+	if fl.NArg() > 0 {
+		name := fl.Arg(0)
+		cmd, ok := lookup(name)
+		if !ok {
+			fmt.Fprintf(stderr, "strata-snapshotter: unknown command %q; run 'strata-snapshotter help' for the list\n", name)
+			return exitUsage
+		}
+		return cmd.run(&g, fl.Args()[1:], stdout, stderr)
+	}
+	cfg, err := g.load()
 	if err != nil {
 		fmt.Fprintf(stderr, "strata-snapshotter: %v\n", err)
-		return 1
+		return exitFailure
 	}
-	if showVersion {
-		fmt.Fprintf(stdout, "strata-snapshotter %s\n", buildVersion())
-		return 0
+	if err := setUpLog(cfg, stderr); err != nil {
+		fmt.Fprintf(stderr, "strata-snapshotter: %v\n", err)
+		return exitFailure
 	}
-	if err := log.SetLevel(cfg.LogLevel); err != nil {
-		fmt.Fprintf(stderr, "strata-snapshotter: log_level: %v\n", err)
-		return 1
+	if os.Geteuid() != 0 {
+		log.L.Error("strata-snapshotter must run as root: it mounts overlayfs and owns its root and sockets")
+		return exitFailure
 	}
-	log.L.Logger.SetOutput(stderr)
 	if err := serve(context.Background(), cfg); err != nil {
 		log.L.WithError(err).Error("strata-snapshotter failed")
-		return 1
+		return exitFailure
 	}
+	log.L.Info("strata-snapshotter stopped")
 	return 0
 }
 
-// parseConfig applies the built-in defaults, then the config file, then the
-// flags given on the command line, and validates the result.
-func parseConfig(args []string, stderr io.Writer) (Config, bool, error) {
-	fl := flag.NewFlagSet("strata-snapshotter", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	var (
-		configPath  = fl.String("config", defaultConfigPath, "path to the TOML config file")
-		root        = fl.String("root", "", "directory holding snapshots and the index (default "+defaultRoot+")")
-		address     = fl.String("address", "", "unix socket to serve the Snapshots API on (default "+defaultAddress+")")
-		admin       = fl.String("admin-address", "", "unix socket to serve the operator's JSON API on (default: beside --address, ADDRESS.admin.sock)")
-		metricsAddr = fl.String("metrics-address", "", "unix socket or 127.0.0.1:PORT for Prometheus metrics and /healthz (default off)")
-		logLevel    = fl.String("log-level", "", "log level: trace, debug, info, warn, error (default info)")
-		showVersion = fl.Bool("version", false, "print the version and exit")
-	)
-	if err := fl.Parse(args); err != nil {
-		return Config{}, false, err
+// setUpLog points the log at stderr in the configured level and format,
+// with containerd's RFC3339Nano timestamps, so strata's log lines up with
+// containerd's.
+func setUpLog(cfg Config, stderr io.Writer) error {
+	if err := log.SetLevel(cfg.LogLevel); err != nil {
+		return fmt.Errorf("log_level: %w", err)
 	}
-	if fl.NArg() > 0 {
-		return Config{}, false, fmt.Errorf("unexpected argument %q (subcommands: ls, tree, inspect, du, fsck, containerd-config, health)", fl.Arg(0))
+	if err := log.SetFormat(log.OutputFormat(cfg.LogFormat)); err != nil {
+		return fmt.Errorf("log_format: %w", err)
 	}
-	if *showVersion {
-		return Config{}, true, nil
-	}
-	set := setFlags(fl)
-
-	cfg := defaultConfig()
-	if err := loadFile(&cfg, *configPath, set["config"]); err != nil {
-		return Config{}, false, err
-	}
-	if set["root"] {
-		cfg.Root = *root
-	}
-	if set["address"] {
-		// The admin socket goes with the address given on the command
-		// line (beside it) unless it is given too: a second daemon
-		// started with its own --address never takes the admin socket a
-		// config file names for the first.
-		cfg.Address, cfg.AdminAddress = *address, ""
-	}
-	if set["admin-address"] {
-		cfg.AdminAddress = *admin
-	}
-	if set["metrics-address"] {
-		cfg.MetricsAddress = *metricsAddr
-	}
-	if set["log-level"] {
-		cfg.LogLevel = *logLevel
-	}
-	if err := cfg.validate(); err != nil {
-		return Config{}, false, err
-	}
-	return cfg, false, nil
+	log.L.Logger.SetOutput(stderr)
+	return nil
 }
 
+// streams is a flag set's output: errors and usage after a mistake go to
+// stderr (it is the Writer), help asked for goes to stdout.
+type streams struct{ stdout, stderr io.Writer }
+
+func (s streams) Write(p []byte) (int, error) { return s.stderr.Write(p) }
+
+func newFlagSet(name string, stdout, stderr io.Writer) *flag.FlagSet {
+	fl := flag.NewFlagSet(name, flag.ContinueOnError)
+	fl.SetOutput(streams{stdout, stderr})
+	return fl
+}
+
+// parse parses flags up to the first argument that is not one. When ok is
+// false the command exits with code: 0 for --help (the help went to
+// stdout, since it was asked for), 2 for a bad flag (said once, on stderr).
+func parse(fl *flag.FlagSet, args []string) (code int, ok bool) {
+	out := fl.Output()
+	var help bytes.Buffer
+	fl.SetOutput(&help)
+	err := fl.Parse(args)
+	fl.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		out.(streams).stdout.Write(help.Bytes())
+		return 0, false
+	case err != nil:
+		fmt.Fprintf(out, "%s: %v\nRun '%s --help' for usage.\n", fl.Name(), err, fl.Name())
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+// parseArgs parses a subcommand's flags, before and after its positional
+// arguments (inspect KEY --json works as well as inspect --json KEY), and
+// checks it got nargs of them.
+func parseArgs(fl *flag.FlagSet, args []string, nargs int) (positional []string, code int, ok bool) {
+	for {
+		if code, ok := parse(fl, args); !ok {
+			return nil, code, false
+		}
+		if fl.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fl.Arg(0))
+		args = fl.Args()[1:]
+	}
+	if len(positional) != nargs {
+		what := "no arguments"
+		if nargs == 1 {
+			what = "one argument"
+		}
+		fmt.Fprintf(fl.Output(), "%s: takes %s, got %d: %s\nRun '%s --help' for usage.\n", fl.Name(), what, len(positional), strings.Join(positional, " "), fl.Name())
+		return nil, exitUsage, false
+	}
+	return positional, 0, true
+}
+
+// subcommandFlags is a subcommand's flag set: the global options (which
+// may also come before the subcommand) and the usage text help prints.
+func subcommandFlags(g *globals, name string, stdout, stderr io.Writer) *flag.FlagSet {
+	fl := newFlagSet("strata-snapshotter "+name, stdout, stderr)
+	g.register(fl)
+	fl.Usage = func() {
+		cmd, _ := lookup(name)
+		printCommandHelp(fl.Output(), cmd, fl)
+	}
+	return fl
+}
+
+func printHelp(w io.Writer, fl *flag.FlagSet) {
+	fmt.Fprint(w, `strata-snapshotter: a containerd snapshotter on overlayfs
+
+Usage:
+  strata-snapshotter [GLOBAL OPTIONS]                    serve containerd's Snapshots API
+  strata-snapshotter [GLOBAL OPTIONS] COMMAND [ARGS]
+
+Commands:
+`)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range commands {
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nGlobal options (before or after the command):")
+	printFlags(w, fl, func(name string) bool { return true })
+	fmt.Fprint(w, `
+Config file keys without a flag (see config.toml.example):
+  sync_remove, sync_on_commit, mount_options, shutdown_timeout
+
+Run 'strata-snapshotter help COMMAND' for a command's options.
+`)
+}
+
+func printCommandHelp(w io.Writer, cmd command, fl *flag.FlagSet) {
+	fmt.Fprintf(w, "strata-snapshotter %s: %s\n\nUsage:\n  strata-snapshotter %s %s\n", cmd.name, cmd.summary, cmd.name, cmd.synopsis)
+	own := func(name string) bool { return !isGlobal(name) }
+	if anyFlag(fl, own) {
+		fmt.Fprintln(w, "\nOptions:")
+		printFlags(w, fl, own)
+	}
+	fmt.Fprintln(w, "\nGlobal options:")
+	printFlags(w, fl, isGlobal)
+}
+
+func anyFlag(fl *flag.FlagSet, keep func(string) bool) bool {
+	found := false
+	fl.VisitAll(func(f *flag.Flag) { found = found || keep(f.Name) })
+	return found
+}
+
+// printFlags prints the flags keep selects, in the flag package's layout
+// but with the double dash ctr and nerdctl users type.
+func printFlags(w io.Writer, fl *flag.FlagSet, keep func(string) bool) {
+	fl.VisitAll(func(f *flag.Flag) {
+		if !keep(f.Name) {
+			return
+		}
+		dash := "--"
+		if len(f.Name) == 1 {
+			dash = "-"
+		}
+		arg, usage := flag.UnquoteUsage(f)
+		line := "  " + dash + f.Name
+		if arg != "" {
+			line += " " + arg
+		}
+		fmt.Fprintf(w, "%s\n    \t%s", line, strings.ReplaceAll(usage, "\n", "\n    \t"))
+		if f.DefValue != "" && f.DefValue != "false" {
+			fmt.Fprintf(w, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
+}
+
+func runHelp(g *globals, args []string, stdout, stderr io.Writer) int {
+	fl := subcommandFlags(g, "help", stdout, stderr)
+	positional, code, ok := parseArgs(fl, args, min(len(args), 1))
+	if !ok {
+		return code
+	}
+	if len(positional) == 0 {
+		top := newFlagSet("strata-snapshotter", stdout, stdout)
+		(&globals{}).register(top)
+		top.Bool("version", false, "print the version and exit")
+		top.Bool("v", false, "print the version and exit (short for --version)")
+		printHelp(stdout, top)
+		return 0
+	}
+	cmd, ok := lookup(positional[0])
+	if !ok {
+		fmt.Fprintf(stderr, "strata-snapshotter help: unknown command %q\n", positional[0])
+		return exitUsage
+	}
+	// A command's help is its --help, on stdout since it was asked for.
+	return cmd.run(&globals{}, []string{"--help"}, stdout, stdout)
+}
+
+func runVersion(g *globals, args []string, stdout, stderr io.Writer) int {
+	fl := subcommandFlags(g, "version", stdout, stderr)
+	if _, code, ok := parseArgs(fl, args, 0); !ok {
+		return code
+	}
+	fmt.Fprintln(stdout, versionLine())
+	return 0
+}
+
+// versionLine reads like containerd's: the program, its module, its
+// version, the commit it was built from, and the Go that built it.
+func versionLine() string {
+	module, rev := "github.com/strata-snapshotter/strata", revision
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Path != "" {
+			module = bi.Main.Path
+		}
+		dirty := false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				if rev == "" {
+					rev = s.Value
+				}
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if dirty && revision == "" {
+			rev += ".m"
+		}
+	}
+	line := fmt.Sprintf("strata-snapshotter %s %s", module, buildVersion())
+	if rev != "" {
+		line += " " + rev
+	}
+	return line + " " + runtime.Version()
+}
+
+// buildVersion is the version metrics and the start-up log report.
 func buildVersion() string {
 	if version != "" {
 		return version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}
-	return "(devel)"
+	return "v0.0.0-dev"
 }

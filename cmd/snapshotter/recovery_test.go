@@ -162,7 +162,7 @@ func TestTwoDaemons(t *testing.T) {
 				t.Errorf("ls %v lists %s, want only daemon %s's %q", how, out, name, layer)
 			}
 		}
-		if _, err := admin.NewClient(daemons[name].admin).Snapshot(context.Background(), layer); err != nil {
+		if _, err := admin.NewClient(daemons[name].admin).Snapshot(context.Background(), "", layer); err != nil {
 			t.Errorf("daemon %s's admin socket: %v", name, err)
 		}
 		// Flags may follow the key, as the README writes it.

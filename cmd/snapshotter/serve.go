@@ -73,7 +73,7 @@ func serve(ctx context.Context, cfg Config) error {
 	}()
 
 	m := metrics.New(sn, buildVersion())
-	srv := newGRPCServer(sn, grpc.ChainUnaryInterceptor(m.UnaryInterceptor), grpc.ChainStreamInterceptor(m.StreamInterceptor))
+	srv := newGRPCServer(sn, grpc.ChainUnaryInterceptor(m.UnaryInterceptor, logUnary), grpc.ChainStreamInterceptor(m.StreamInterceptor, logStream))
 
 	adminSrv := &http.Server{Handler: admin.Handler(sn), ReadHeaderTimeout: 10 * time.Second}
 
@@ -84,8 +84,6 @@ func serve(ctx context.Context, cfg Config) error {
 			served <- fmt.Errorf("admin: %w", err)
 		}
 	}()
-	log.G(ctx).WithField("address", cfg.Address).WithField("admin_address", cfg.AdminAddress).
-		WithField("root", cfg.Root).WithField("version", buildVersion()).Info("strata-snapshotter serving")
 
 	var metricsSrv *http.Server
 	if cfg.MetricsAddress != "" {
@@ -102,6 +100,10 @@ func serve(ctx context.Context, cfg Config) error {
 			}
 		}()
 	}
+	log.G(ctx).WithFields(log.Fields{
+		"address": cfg.Address, "admin_address": cfg.AdminAddress, "metrics_address": cfg.MetricsAddress,
+		"root": cfg.Root, "log_level": cfg.LogLevel, "version": buildVersion(),
+	}).Info("strata-snapshotter serving")
 	// Tell systemd (Type=notify) the socket serves; a no-op elsewhere.
 	if _, err := sdnotify.SdNotify(false, sdnotify.SdNotifyReady); err != nil {
 		log.G(ctx).WithError(err).Warn("failed to notify systemd")

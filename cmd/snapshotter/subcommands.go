@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
@@ -12,108 +10,50 @@ import (
 	"text/tabwriter"
 	"time"
 
+	units "github.com/docker/go-units"
+
 	"github.com/strata-snapshotter/strata/accounting"
 	"github.com/strata-snapshotter/strata/admin"
 )
 
-// A subcommand asks the running daemon, over its admin socket, about the
-// store, and prints a table (or, with --json, the API's JSON).
-type subcommand struct {
-	synopsis string // the command and its arguments
-	summary  string
-	args     int // positional arguments it takes
-	run      func(ctx context.Context, c *admin.Client, args []string, out io.Writer, asJSON bool) error
+// An operator command asks the running daemon, over its admin socket, about
+// the store, and prints a table (or, with --json, the API's JSON).
+type operatorRun func(ctx context.Context, c *admin.Client, q query, out io.Writer) error
+
+// query is what an operator command asks for.
+type query struct {
+	namespace string // containerd namespace; empty: all
+	args      []string
+	json      bool
 }
 
-var subcommands = map[string]subcommand{
-	"ls":      {synopsis: "ls", summary: "list snapshots", run: cmdLs},
-	"tree":    {synopsis: "tree", summary: "the parent/child forest, leaves marked", run: cmdTree},
-	"inspect": {synopsis: "inspect KEY", summary: "everything about one snapshot", args: 1, run: cmdInspect},
-	"du":      {synopsis: "du", summary: "bytes per leaf, unique and shared, and what sharing saves", run: cmdDu},
-}
-
-func runSubcommand(name string, cmd subcommand, args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("strata-snapshotter "+name, flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	configPath := fl.String("config", defaultConfigPath, "the daemon's config file, for its address and admin_address")
-	address := fl.String("address", "", "the daemon's Snapshots socket; its admin socket is beside it (default: from --config)")
-	adminAddress := fl.String("admin-address", "", "the daemon's admin socket (default: from --address or --config)")
-	asJSON := fl.Bool("json", false, "print JSON instead of a table")
-	fl.Usage = func() {
-		fmt.Fprintf(stderr, "usage: strata-snapshotter %s [--config FILE | --address SOCKET | --admin-address SOCKET] [--json]\n%s\n", cmd.synopsis, cmd.summary)
-		fl.PrintDefaults()
-	}
-	positional, code, ok := parseArgs(fl, args, cmd.args)
-	if !ok {
-		return code
-	}
-	socket, err := operatorAdminAddress(setFlags(fl), *configPath, *address, *adminAddress)
-	if err != nil {
-		fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
-		return 1
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	if err := cmd.run(ctx, admin.NewClient(socket), positional, stdout, *asJSON); err != nil {
-		fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
-		return 1
-	}
-	return 0
-}
-
-// operatorAdminAddress finds the admin socket of the daemon an operator
-// command means: --admin-address as given; else the one beside --address;
-// else the daemon's config file's (as the daemon itself resolves it, so a
-// daemon started with only that file is found by the same file).
-func operatorAdminAddress(set map[string]bool, configPath, address, adminAddress string) (string, error) {
-	switch {
-	case set["admin-address"]:
-		return adminAddress, nil
-	case set["address"]:
-		return adminAddressFor(address), nil
-	}
-	cfg := defaultConfig()
-	if err := loadFile(&cfg, configPath, set["config"]); err != nil {
-		return "", err
-	}
-	if err := cfg.validate(); err != nil {
-		return "", fmt.Errorf("config %s: %w", configPath, err)
-	}
-	return cfg.AdminAddress, nil
-}
-
-// setFlags names the flags given on the command line, which override the
-// config file and the defaults.
-func setFlags(fl *flag.FlagSet) map[string]bool {
-	set := map[string]bool{}
-	fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	return set
-}
-
-// parseArgs parses a subcommand's flags, before and after its positional
-// arguments (inspect KEY --json works as well as inspect --json KEY), and
-// checks it got nargs of them. When ok is false the subcommand exits with
-// code: 0 for --help, 1 for bad flags or arguments (after the usage).
-func parseArgs(fl *flag.FlagSet, args []string, nargs int) (positional []string, code int, ok bool) {
-	for {
-		if err := fl.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, 0, false
-			}
-			return nil, 1, false
+// operatorCommand makes the command name of run, which takes nargs
+// arguments.
+func operatorCommand(name string, run operatorRun, nargs int) func(g *globals, args []string, stdout, stderr io.Writer) int {
+	return func(g *globals, args []string, stdout, stderr io.Writer) int {
+		fl := subcommandFlags(g, name, stdout, stderr)
+		var q query
+		fl.StringVar(&q.namespace, "namespace", "", "only snapshots of this containerd `NAMESPACE` (as ctr -n and nerdctl --namespace name it)")
+		fl.StringVar(&q.namespace, "n", "", "short for --namespace `NAMESPACE`")
+		fl.BoolVar(&q.json, "json", false, "print the admin API's JSON instead of a table")
+		positional, code, ok := parseArgs(fl, args, nargs)
+		if !ok {
+			return code
 		}
-		if fl.NArg() == 0 {
-			break
+		q.args = positional
+		cfg, err := g.load()
+		if err != nil {
+			fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
+			return exitFailure
 		}
-		positional = append(positional, fl.Arg(0))
-		args = fl.Args()[1:]
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if err := run(ctx, admin.NewClient(cfg.AdminAddress), q, stdout); err != nil {
+			fmt.Fprintf(stderr, "strata-snapshotter %s: %v\n", name, err)
+			return exitFailure
+		}
+		return 0
 	}
-	if len(positional) != nargs {
-		fmt.Fprintf(fl.Output(), "strata-snapshotter: want %d argument(s), got %d %q\n", nargs, len(positional), positional)
-		fl.Usage()
-		return nil, 1, false
-	}
-	return positional, 0, true
 }
 
 func printJSON(out io.Writer, v any) error {
@@ -122,36 +62,53 @@ func printJSON(out io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func cmdLs(ctx context.Context, c *admin.Client, _ []string, out io.Writer, asJSON bool) error {
-	snaps, err := c.Snapshots(ctx)
+func cmdLs(ctx context.Context, c *admin.Client, q query, out io.Writer) error {
+	snaps, err := c.Snapshots(ctx, q.namespace)
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if q.json {
 		return printJSON(out, snaps)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY\tKIND\tPARENT\tSIZE\tCREATED\tLABELS")
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tKIND\tPARENT\tSIZE\tCREATED\tKEY")
 	for _, s := range snaps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", s.Key, s.Kind, orDash(s.Parent), humanBytes(s.Usage.Bytes),
-			s.Created.Local().Format(time.DateTime), len(s.Labels))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(s.Namespace), s.Name, s.Kind, orDash(parentName(s)), humanBytes(s.Usage.Bytes),
+			s.Created.Local().Format(time.DateTime), s.Key)
 	}
 	return tw.Flush()
 }
 
-func cmdTree(ctx context.Context, c *admin.Client, _ []string, out io.Writer, asJSON bool) error {
-	snaps, err := c.Snapshots(ctx)
+// parentName is the parent as containerd names it (the key within the
+// namespace), as ctr snapshots ls shows it.
+func parentName(s admin.Snapshot) string {
+	if _, name, ok := admin.SplitKey(s.Parent); ok {
+		return name
+	}
+	return s.Parent
+}
+
+func cmdTree(ctx context.Context, c *admin.Client, q query, out io.Writer) error {
+	snaps, err := c.Snapshots(ctx, q.namespace)
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if q.json {
 		return printJSON(out, snaps)
+	}
+	if len(snaps) == 0 {
+		_, err := fmt.Fprintln(out, "no snapshots")
+		return err
 	}
 	byKey := map[string]admin.Snapshot{}
 	var roots []string
 	for _, s := range snaps {
 		byKey[s.Key] = s
-		if s.Parent == "" {
+	}
+	for _, s := range snaps {
+		// With a namespace, a parent outside it is not shown (containerd
+		// never makes one; a hand-made snapshot could).
+		if _, ok := byKey[s.Parent]; !ok {
 			roots = append(roots, s.Key)
 		}
 	}
@@ -182,22 +139,24 @@ func cmdTree(ctx context.Context, c *admin.Client, _ []string, out io.Writer, as
 	return nil
 }
 
-func cmdInspect(ctx context.Context, c *admin.Client, args []string, out io.Writer, asJSON bool) error {
-	s, err := c.Snapshot(ctx, args[0])
+func cmdInspect(ctx context.Context, c *admin.Client, q query, out io.Writer) error {
+	s, err := c.Snapshot(ctx, q.namespace, q.args[0])
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if q.json {
 		return printJSON(out, s)
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
 	row("Key", s.Key)
+	row("Namespace", orDash(s.Namespace))
+	row("Name", s.Name)
 	row("Kind", s.Kind)
 	row("Parent", orDash(s.Parent))
 	row("Created", s.Created.Local().Format(time.RFC3339))
 	row("Updated", s.Updated.Local().Format(time.RFC3339))
-	row("Size", fmt.Sprintf("%s (%d bytes, %d allocated, %d inodes)", humanBytes(s.Usage.Bytes), s.Usage.Bytes, s.Usage.Size, s.Usage.Inodes))
+	row("Size", fmt.Sprintf("%s (%d bytes, %d allocated, %d inodes)", humanBytes(s.Usage.Bytes), s.Usage.Bytes, s.Usage.AllocatedBytes, s.Usage.Inodes))
 	row("Leaf", fmt.Sprint(s.Leaf))
 	row("Children", orDash(strings.Join(s.Children, " ")))
 	if m := s.IDMapping; m != nil {
@@ -232,12 +191,12 @@ func cmdInspect(ctx context.Context, c *admin.Client, args []string, out io.Writ
 	return tw.Flush()
 }
 
-func cmdDu(ctx context.Context, c *admin.Client, _ []string, out io.Writer, asJSON bool) error {
-	r, err := c.DiskUsage(ctx)
+func cmdDu(ctx context.Context, c *admin.Client, q query, out io.Writer) error {
+	r, err := c.DiskUsage(ctx, q.namespace)
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if q.json {
 		return printJSON(out, r)
 	}
 	return printDu(out, r)
@@ -257,18 +216,10 @@ func printDu(out io.Writer, r accounting.Report) error {
 	return err
 }
 
-// humanBytes writes n in decimal units, as docker system df does.
+// humanBytes writes n in binary units with one decimal, as ctr snapshots
+// usage does (containerd's progress.Bytes): 1.9 MiB.
 func humanBytes(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	f, i := float64(n), 0
-	for f >= unit && i < 5 {
-		f /= unit
-		i++
-	}
-	return fmt.Sprintf("%.3g%cB", f, "kMGTP"[i-1])
+	return units.CustomSize("%02.1f %s", float64(n), 1024.0, []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"})
 }
 
 func orDash(s string) string {

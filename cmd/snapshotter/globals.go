@@ -1,0 +1,100 @@
+package main
+
+import (
+	"flag"
+	"path/filepath"
+)
+
+// globals are the options every command takes, before or after its name:
+// where the config file is, and the settings that override it. Every
+// command resolves them the same way (load), so each finds the daemon and
+// the store the config names.
+type globals struct {
+	config, root, address, adminAddress, metricsAddress, logLevel, logFormat setting
+}
+
+// setting is a flag's value and whether the command line gave it.
+type setting struct {
+	value string
+	set   bool
+	// path: a relative value is made absolute against the working
+	// directory, as every command-line tool reads a path.
+	path bool
+}
+
+func (s *setting) String() string { return s.value }
+
+func (s *setting) Set(v string) error {
+	if s.path && v != "" {
+		abs, err := filepath.Abs(v)
+		if err != nil {
+			return err
+		}
+		v = abs
+	}
+	s.value, s.set = v, true
+	return nil
+}
+
+var globalFlags = map[string]bool{
+	"config": true, "root": true, "address": true, "admin-address": true,
+	"metrics-address": true, "log-level": true, "log-format": true,
+}
+
+func isGlobal(name string) bool { return globalFlags[name] }
+
+// register adds the global options to fl, bound to g, so a value given
+// before the subcommand is kept and one after it overrides it.
+func (g *globals) register(fl *flag.FlagSet) {
+	g.config.path, g.root.path, g.address.path, g.adminAddress.path = true, true, true, true
+	if !g.config.set {
+		g.config.value = defaultConfigPath
+	}
+	fl.Var(&g.config, "config", "the config `FILE` (a missing default one is fine; a named one must exist)")
+	fl.Var(&g.root, "root", "`DIR` holding snapshots and the index (config key root, default "+defaultRoot+")")
+	fl.Var(&g.address, "address", "unix `SOCKET` serving the Snapshots API (config key address, default "+defaultAddress+")")
+	fl.Var(&g.adminAddress, "admin-address", "unix `SOCKET` serving the operator's JSON API (config key admin_address, default beside --address: .sock becomes .admin.sock)")
+	fl.Var(&g.metricsAddress, "metrics-address", "unix socket or HOST:PORT (`ADDRESS`) for Prometheus /metrics and /healthz (config key metrics_address, default off)")
+	fl.Var(&g.logLevel, "log-level", "`LEVEL`: trace, debug, info, warn, error, fatal or panic (config key log_level, default info)")
+	fl.Var(&g.logFormat, "log-format", "`FORMAT`: text or json, as containerd's (config key log_format, default text)")
+}
+
+// load applies the built-in defaults, then the config file, then the
+// options given on the command line, and validates the result.
+func (g *globals) load() (Config, error) {
+	cfg := defaultConfig()
+	path := g.config.value
+	if path == "" {
+		path = defaultConfigPath
+	}
+	if err := loadFile(&cfg, path, g.config.set); err != nil {
+		return Config{}, err
+	}
+	if g.root.set {
+		cfg.Root = g.root.value
+	}
+	if g.address.set {
+		// The admin socket goes with the address given on the command
+		// line (beside it) unless it is given too: a second daemon
+		// started with its own --address never takes the admin socket a
+		// config file names for the first.
+		cfg.Address, cfg.AdminAddress = g.address.value, ""
+	}
+	if g.adminAddress.set {
+		cfg.AdminAddress = g.adminAddress.value
+	}
+	if g.metricsAddress.set {
+		cfg.MetricsAddress = g.metricsAddress.value
+	}
+	if g.logLevel.set {
+		cfg.LogLevel = g.logLevel.value
+	}
+	if g.logFormat.set {
+		cfg.LogFormat = g.logFormat.value
+	}
+	// validate's errors name the key; each flag says which key it sets.
+	if err := cfg.validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
