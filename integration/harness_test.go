@@ -20,6 +20,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-snapshotter/strata/containerdconfig"
 )
 
 // This file is the harness: it starts strata, containerd (and, for the tests
@@ -249,6 +251,11 @@ func (e *Env) logLevel() string {
 	return "debug"
 }
 
+// containerdConfig is this node's containerd config: its own paths and
+// sockets, then strata registered by containerdconfig.Patch, exactly as
+// `strata-snapshotter containerd-config` writes it (the README's snippets are
+// checked against that command by TestReadmeContainerdConfig), so the tests
+// run on the wiring users get.
 func (e *Env) containerdConfig() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `version = 3
@@ -264,52 +271,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
 [debug]
   level = %q
-`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "state"), criDisabled(e.opts.CRI), e.Sock, e.Sock+".ttrpc", e.logLevel())
-	if !e.opts.Unregistered {
-		fmt.Fprintf(&b, `
-[proxy_plugins.strata]
-  type = "snapshot"
-  address = %q
-`, e.StrataSock)
-		// remap-ids as containerd-config writes it on this kernel, which
-		// does idmapped mounts; rebase only for parallel unpack.
-		var caps []string
-		if e.opts.ParallelUnpack {
-			caps = append(caps, `"rebase"`)
-		}
-		if !e.opts.NoRemapIDs {
-			caps = append(caps, `"remap-ids"`)
-		}
-		fmt.Fprintf(&b, "  capabilities = [%s]\n", strings.Join(caps, ", "))
-	}
-	fmt.Fprintf(&b, `
+
 [plugins."io.containerd.transfer.v1.local"]
   config_path = %q
-`, hostsDir)
+`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "state"), criDisabled(e.opts.CRI), e.Sock, e.Sock+".ttrpc", e.logLevel(), hostsDir)
 	if e.opts.ParallelUnpack {
+		// containerd unpacks in parallel with rebase (which strata
+		// advertises) and more than one concurrent unpack.
 		b.WriteString("  max_concurrent_unpacks = 4\n")
 	}
-	if !e.opts.Unregistered {
-		b.WriteString(`
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = "linux/amd64"
-    snapshotter = "strata"
-    differ = "walking"
-
-  # Listing any entry replaces containerd's built-in one for overlayfs,
-  # which the differential tests pull into too.
-  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = "linux/amd64"
-    snapshotter = "overlayfs"
-    differ = "walking"
-`)
-	}
 	if e.opts.CRI {
-		b.WriteString("\n[plugins.\"io.containerd.cri.v1.images\"]\n")
-		if !e.opts.Unregistered {
-			b.WriteString("  snapshotter = \"strata\"\n")
-		}
-		fmt.Fprintf(&b, `  [plugins."io.containerd.cri.v1.images".registry]
+		fmt.Fprintf(&b, `
+[plugins."io.containerd.cri.v1.images"]
+  [plugins."io.containerd.cri.v1.images".registry]
     config_path = %q
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = %q
@@ -327,7 +301,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     BinaryName = %q
 `, hostsDir, pauseImage, filepath.Join(e.Dir, "cni"), filepath.Join(runcBin, "runc"))
 	}
-	return b.String()
+	if e.opts.Unregistered {
+		return b.String()
+	}
+	out, _, err := containerdconfig.Patch([]byte(b.String()), containerdconfig.Options{
+		Address:  e.StrataSock,
+		Root:     e.StrataRoot,
+		CRI:      e.opts.CRI,
+		RemapIDs: !e.opts.NoRemapIDs, // as containerd-config decides on this kernel, which has idmapped mounts
+	})
+	if err != nil {
+		e.t.Fatalf("register strata in containerd's config: %v", err)
+	}
+	return string(out)
 }
 
 func criDisabled(enabled bool) string {

@@ -29,7 +29,7 @@ func writeLayer(t *testing.T, sn snapshots.Snapshotter, key, parent, name string
 	if err := mount.All(ms, dir); err != nil {
 		t.Fatal(err)
 	}
-	werr := os.WriteFile(filepath.Join(dir, "file-"+key), []byte(strings.Repeat("x", n)), 0o644)
+	werr := os.WriteFile(filepath.Join(dir, "file-"+strings.ReplaceAll(key, "/", "_")), []byte(strings.Repeat("x", n)), 0o644)
 	if err := mount.UnmountAll(dir, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -96,19 +96,19 @@ func TestOperatorCommands(t *testing.T) {
 		}
 	}
 	table, _, _ := d.subcommand(t, "du")
-	if !strings.Contains(table, "saved 1kB by sharing") || !strings.Contains(table, "ctr") {
+	if !strings.Contains(table, "saved 1000.0 B by sharing") || !strings.Contains(table, "ctr") {
 		t.Errorf("du table:\n%s", table)
 	}
 
 	ls, _, _ := d.subcommand(t, "ls")
-	for _, want := range []string{"KEY", "base", "committed", "img-a", "ctr", "active", "1kB"} {
+	for _, want := range []string{"KEY", "base", "committed", "img-a", "ctr", "active", "1000.0 B"} {
 		if !strings.Contains(ls, want) {
 			t.Errorf("ls lacks %q:\n%s", want, ls)
 		}
 	}
 
 	tree, _, _ := d.subcommand(t, "tree")
-	for _, want := range []string{"base (committed, 1kB)\n", "├── img-a (committed, 10B)\n", "│   └── ctr (active, 5B) *\n", "└── img-b (committed, 20B) *\n"} {
+	for _, want := range []string{"base (committed, 1000.0 B)\n", "├── img-a (committed, 10.0 B)\n", "│   └── ctr (active, 5.0 B) *\n", "└── img-b (committed, 20.0 B) *\n"} {
 		if !strings.Contains(tree, want) {
 			t.Errorf("tree lacks %q:\n%s", want, tree)
 		}
