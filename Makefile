@@ -16,6 +16,9 @@ DESTDIR  ?=
 BINDIR   := $(PREFIX)/bin
 UNIT     := $(DESTDIR)/etc/systemd/system/strata.service
 CONFIG   := $(DESTDIR)/etc/strata/config.toml
+# The config as install wrote it, so uninstall can tell an unedited config
+# (of whichever version installed it) from an edited one.
+PRISTINE := $(DESTDIR)$(PREFIX)/share/strata/config.toml.installed
 
 .PHONY: all build test unit integration bench fuzz tools vet clean install uninstall image
 
@@ -86,9 +89,16 @@ install: build
 	mkdir -p $(dir $(UNIT))
 	sed 's|@BINDIR@|$(BINDIR)|' deploy/systemd/strata.service > $(UNIT)
 	chmod 0644 $(UNIT)
-	if [ ! -e $(CONFIG) ]; then install -D -m 0600 config.toml.example $(CONFIG); fi
+	if [ ! -e $(CONFIG) ]; then install -D -m 0600 config.toml.example $(CONFIG) && install -D -m 0644 config.toml.example $(PRISTINE); fi
 
-# Removes what install added; a config that was edited since is kept.
+# Removes what install added; a config edited since install wrote it is
+# kept. Refuses while the unit is enabled: disable it first.
 uninstall:
+	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet strata 2>/dev/null; then \
+		echo "strata.service is enabled: run 'systemctl disable --now strata' first, and take strata out of containerd's config"; exit 1; fi
 	rm -f $(DESTDIR)$(BINDIR)/strata-snapshotter $(UNIT)
-	if cmp -s config.toml.example $(CONFIG); then rm -f $(CONFIG); rmdir --ignore-fail-on-non-empty $(dir $(CONFIG)); fi
+	@if [ -e $(PRISTINE) ] && cmp -s $(PRISTINE) $(CONFIG); then \
+		rm -f $(CONFIG); rmdir --ignore-fail-on-non-empty $(dir $(CONFIG)); \
+	elif [ -e $(CONFIG) ]; then echo "kept $(CONFIG): edited since install wrote it"; fi
+	rm -f $(PRISTINE)
+	-rmdir --ignore-fail-on-non-empty $(dir $(PRISTINE))

@@ -57,10 +57,20 @@ func TestInstallUninstall(t *testing.T) {
 	if got, _ := os.ReadFile(cfg); string(got) != string(edited) {
 		t.Fatal("uninstall removed or changed an edited config")
 	}
-	// An untouched config goes with the uninstall.
-	os.WriteFile(cfg, example, 0o600)
+
+	// An untouched config goes with the uninstall, even one an older
+	// version installed from its own example.
+	dest = t.TempDir()
+	cfg = filepath.Join(dest, "etc/strata/config.toml")
+	runMake(t, dest, "install")
+	older := []byte("# an older version's example\nroot = \"/var/lib/strata\"\n")
+	os.WriteFile(cfg, older, 0o600)
+	os.WriteFile(filepath.Join(dest, "usr/local/share/strata/config.toml.installed"), older, 0o644)
 	runMake(t, dest, "uninstall")
 	if _, err := os.Stat(cfg); !os.IsNotExist(err) {
-		t.Fatal("uninstall kept the config install added")
+		t.Fatal("uninstall kept the config an older install added")
+	}
+	if _, err := os.Stat(filepath.Join(dest, "usr/local/share/strata")); !os.IsNotExist(err) {
+		t.Fatal("uninstall left strata's share directory")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -201,6 +202,11 @@ type EnvOptions struct {
 	// NoRemapIDs leaves remap-ids out of strata's capabilities, as in a
 	// config written before strata had it.
 	NoRemapIDs bool
+	// Registration, when set, registers strata in containerd's config
+	// instead of containerdconfig.Patch: a config text for containerd
+	// listing only strata's entries (a README snippet), whose default
+	// address and root become this node's.
+	Registration string
 	// StrataConfig is strata's config file; empty is strata's defaults.
 	StrataConfig string
 	// Quiet has strata and containerd log at info rather than debug, as
@@ -303,6 +309,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 	}
 	if e.opts.Unregistered {
 		return b.String()
+	}
+	if r := e.opts.Registration; r != "" {
+		r = strings.TrimPrefix(r, "version = 3\n")
+		r = strings.ReplaceAll(r, `"/run/strata/strata.sock"`, strconv.Quote(e.StrataSock))
+		r = strings.ReplaceAll(r, `"/var/lib/strata"`, strconv.Quote(e.StrataRoot))
+		return b.String() + "\n" + r
 	}
 	out, _, err := containerdconfig.Patch([]byte(b.String()), containerdconfig.Options{
 		Address:  e.StrataSock,
