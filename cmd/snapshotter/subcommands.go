@@ -204,9 +204,10 @@ func cmdDu(ctx context.Context, c *admin.Client, q query, out io.Writer) error {
 
 func printDu(out io.Writer, r accounting.Report) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY\tKIND\tLAYERS\tTOTAL\tUNIQUE\tSHARED")
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tKIND\tLAYERS\tTOTAL\tUNIQUE\tSHARED")
 	for _, l := range r.Leaves {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", l.Key, l.Kind, l.Layers, humanBytes(l.TotalBytes), humanBytes(l.UniqueBytes), humanBytes(l.SharedBytes))
+		ns, name, _ := admin.SplitKey(l.Key)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(ns), name, l.Kind, l.Layers, humanBytes(l.TotalBytes), humanBytes(l.UniqueBytes), humanBytes(l.SharedBytes))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
