@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -46,18 +45,7 @@ func writeLayer(t *testing.T, sn snapshots.Snapshotter, key, parent, name string
 // subcommand runs the binary's subcommand against d's admin socket.
 func (d *daemon) subcommand(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	args = append(args[:1:1], append([]string{"--admin-address", d.admin}, args[1:]...)...)
-	cmd := exec.Command(binary, args...)
-	var stdout, stderr strings.Builder
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
+	return runBinary(t, append(args[:1:1], append([]string{"--admin-address", d.admin}, args[1:]...)...)...)
 }
 
 // TestOperatorCommands builds a store of a 1000-byte base under two images
