@@ -25,10 +25,7 @@ import (
 // address and root come from strata's config, as the daemon reads them.
 func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "containerd-config", stdout, stderr)
-	var file setting
-	file.path = true
-	file.Set(containerdproc.DefaultConfig)
-	file.set = false
+	file := setting{value: containerdproc.DefaultConfig, path: true}
 	fl.Var(&file, "file", "containerd's config `FILE`")
 	create := fl.Bool("create", false, "start --file as a new version 3 config when it does not exist (its directory must)")
 	cri := fl.Bool("cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes' default-snapshotter mode)")
@@ -36,9 +33,7 @@ func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) in
 	bootstrap := fl.String("bootstrap-handler", "", "with --cri and --runtime-handler: keep this CRI runtime handler (`NAME`, usually runc) on containerd's overlayfs for strata's own pod, and make --runtime-handler the default runtime")
 	write := fl.Bool("write", false, "replace the file (keeping the original as FILE.strata-backup-TIME) instead of printing the result")
 	restart := fl.Bool("restart", false, "with --write: when the file changed, or containerd started before its last change, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back. Refused before anything changes when that containerd reads another file or nothing would start it again")
-	var containerdAddress setting
-	containerdAddress.path = true
-	containerdAddress.Set("/run/containerd/containerd.sock")
+	containerdAddress := setting{value: "/run/containerd/containerd.sock", path: true}
 	fl.Var(&containerdAddress, "containerd-address", "containerd's `SOCKET`, for --restart")
 	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long --restart waits for containerd to stop and come back")
 	podUID := fl.String("pod-uid", "", "with --restart, run as the init container of the pod with this `UID`: first wait until containerd's CRI reports this container running, so the kubelet's start of it is answered before containerd restarts")
