@@ -51,7 +51,8 @@ type command struct {
 }
 
 // commands lists the subcommands, in the order help shows them. It is set
-// in init because help reads it.
+// in init: help's own entry reads it, which an initializer would make a
+// cycle.
 var commands []command
 
 func init() {
