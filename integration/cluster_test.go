@@ -67,6 +67,7 @@ type cluster struct {
 	kubelet    *proc
 	cfgBackup  []byte            // the host's containerd config before the test, if any
 	madeDirs   []string          // host directories the test created
+	cfgBackups []string          // containerd-config's backups there before the test
 	sysctls    map[string][]byte // kernel settings the kubelet and CNI change
 	netns      map[string]bool   // the network namespaces before the test
 }
@@ -149,6 +150,7 @@ func (c *cluster) prepareHost() {
 	if b, err := os.ReadFile(hostContainerdCfg); err == nil {
 		c.cfgBackup = b
 	}
+	c.cfgBackups, _ = filepath.Glob(hostContainerdCfg + ".strata-backup-*")
 	c.netns = map[string]bool{}
 	before, _ := filepath.Glob("/run/netns/cni-*")
 	for _, n := range before {
@@ -419,8 +421,22 @@ func (c *cluster) teardown() {
 	} else {
 		os.Remove(hostContainerdCfg)
 	}
+	// The backups the DaemonSet's containerd-config --write kept.
+	backups, _ := filepath.Glob(hostContainerdCfg + ".strata-backup-*")
+	for _, p := range backups {
+		if !slices.Contains(c.cfgBackups, p) {
+			os.Remove(p)
+		}
+	}
+	// containerd's and runc's state beside the socket (fifo/, runc/, s/)
+	// is the test's when the test made the directory.
+	containerdRun := filepath.Dir(hostContainerdSock)
+	unmountUnder(t, containerdRun)
 	for _, d := range c.madeDirs {
-		os.Remove(d) // only if empty: containerd's state may hold more
+		if d == containerdRun {
+			os.RemoveAll(d)
+		}
+		os.Remove(d) // only if empty: what else may be there is not the test's
 	}
 	for k, v := range c.sysctls {
 		os.WriteFile("/proc/sys/"+k, v, 0o644)
