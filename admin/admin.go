@@ -4,11 +4,11 @@
 //
 // The API (all GET, all JSON; errors are {"error": "..."} with a 4xx/5xx):
 //
-//	/v1/snapshots[?namespace=NS]        every snapshot (of NS), as Snapshot objects
+//	/v1/snapshots[?namespace=NS]        every snapshot (NS's and what they stand on)
 //	/v1/snapshot?key=NAME[&namespace=NS] one Snapshot, by its key or by the name
 //	                                     containerd users know; 400 without key,
 //	                                     404 none, 409 a name in several namespaces
-//	/v1/du[?namespace=NS]               the accounting.Report of the store (of NS)
+//	/v1/du[?namespace=NS]               the accounting.Report of the store (NS's leaves)
 //
 // Try it with: curl --unix-socket /run/strata/strata.admin.sock http://strata/v1/du
 package admin
@@ -125,12 +125,12 @@ func Handler(src Source) http.Handler {
 			replyError(w, r, http.StatusBadRequest, "key is required: /v1/snapshot?key=KEY")
 			return
 		}
-		snaps, err := list(r.Context(), src, namespace)
+		all, err := list(r.Context(), src, "")
 		if err != nil {
 			reply(w, r, nil, err)
 			return
 		}
-		s, code, msg := find(snaps, key)
+		s, code, msg := find(all, namespace, key)
 		if code != http.StatusOK {
 			replyError(w, r, code, msg)
 			return
@@ -143,25 +143,33 @@ func Handler(src Source) http.Handler {
 			reply(w, r, nil, err)
 			return
 		}
-		namespace := r.URL.Query().Get("namespace")
-		var nodes []accounting.Node
-		for _, d := range details {
-			if inNamespace(d.Name, namespace) {
-				nodes = append(nodes, accounting.Node{Key: d.Name, Parent: d.Parent, Kind: kind(d), Dir: d.Dir, Bytes: d.Usage.Bytes, Inodes: d.Usage.Inodes})
-			}
+		nodes := make([]accounting.Node, len(details))
+		for i, d := range details {
+			nodes[i] = accounting.Node{Key: d.Name, Parent: d.Parent, Kind: kind(d), Dir: d.Dir, Bytes: d.Usage.Bytes, Inodes: d.Usage.Inodes}
 		}
+		// Unique and shared are the whole store's (a layer another
+		// namespace uses too is shared); a namespace selects the leaves.
 		report, err := accounting.Compute(nodes)
+		if namespace := r.URL.Query().Get("namespace"); namespace != "" {
+			leaves := report.Leaves[:0]
+			for _, l := range report.Leaves {
+				if ns, _, _ := SplitKey(l.Key); ns == namespace {
+					leaves = append(leaves, l)
+				}
+			}
+			report.Leaves = leaves
+		}
 		reply(w, r, report, err)
 	})
 	return mux
 }
 
 // find picks the snapshot a user means: the one with that key, else the
-// one with that name (in the namespace asked for, or in the only namespace
-// that has it).
-func find(snaps []Snapshot, key string) (Snapshot, int, string) {
+// one with that name among the namespace's (all snapshots when namespace
+// is empty), if exactly one has it.
+func find(all []Snapshot, namespace, key string) (Snapshot, int, string) {
 	var named []Snapshot
-	for _, s := range snaps {
+	for _, s := range selectNamespace(all, namespace) {
 		if s.Key == key {
 			return s, http.StatusOK, ""
 		}
@@ -170,24 +178,58 @@ func find(snaps []Snapshot, key string) (Snapshot, int, string) {
 		}
 	}
 	switch len(named) {
-	case 0:
-		return Snapshot{}, http.StatusNotFound, "no such snapshot: " + key
 	case 1:
 		return named[0], http.StatusOK, ""
+	case 0:
+		if elsewhere := keysNamed(all, key); namespace != "" && len(elsewhere) > 0 {
+			return Snapshot{}, http.StatusNotFound, fmt.Sprintf("no such snapshot: %s in namespace %s or under its snapshots; strata has %s (containerd stores a layer pulled into several namespaces once, under the key of the namespace that pulled it first)",
+				key, namespace, strings.Join(elsewhere, ", "))
+		}
+		return Snapshot{}, http.StatusNotFound, "no such snapshot: " + key
 	}
-	var keys []string
-	for _, s := range named {
-		keys = append(keys, s.Key)
-	}
-	return Snapshot{}, http.StatusConflict, fmt.Sprintf("%q names a snapshot in several namespaces (%s): name the namespace, or give the key", key, strings.Join(keys, ", "))
+	return Snapshot{}, http.StatusConflict, fmt.Sprintf("%q names a snapshot in several namespaces (%s): give its namespace (-n NAMESPACE) or its key",
+		key, strings.Join(keysNamed(named, key), ", "))
 }
 
-func inNamespace(key, namespace string) bool {
-	if namespace == "" {
-		return true
+func keysNamed(snaps []Snapshot, name string) []string {
+	var keys []string
+	for _, s := range snaps {
+		if s.Name == name || s.Key == name {
+			keys = append(keys, s.Key)
+		}
 	}
-	ns, _, ok := SplitKey(key)
-	return ok && ns == namespace
+	return keys
+}
+
+// selectNamespace returns the snapshots containerd made in namespace (their
+// keys carry it) and the layers they stand on. Those may carry another
+// namespace: containerd stores a layer pulled into several namespaces once,
+// under the key of the namespace that pulled it first. All snapshots when
+// namespace is empty.
+func selectNamespace(all []Snapshot, namespace string) []Snapshot {
+	if namespace == "" {
+		return all
+	}
+	byKey := make(map[string]Snapshot, len(all))
+	for _, s := range all {
+		byKey[s.Key] = s
+	}
+	in := map[string]bool{}
+	for _, s := range all {
+		if s.Namespace != namespace {
+			continue
+		}
+		for k := s.Key; k != "" && !in[k]; k = byKey[k].Parent {
+			in[k] = true
+		}
+	}
+	var selected []Snapshot
+	for _, s := range all {
+		if in[s.Key] {
+			selected = append(selected, s)
+		}
+	}
+	return selected
 }
 
 func kind(d snapshotter.Detail) string { return strings.ToLower(d.Kind.String()) }
@@ -195,15 +237,9 @@ func kind(d snapshotter.Detail) string { return strings.ToLower(d.Kind.String())
 // list turns the snapshotter's details into the API's objects, sorted by
 // key, with children and leaves worked out.
 func list(ctx context.Context, src Source, namespace string) ([]Snapshot, error) {
-	all, err := src.Details(ctx)
+	details, err := src.Details(ctx)
 	if err != nil {
 		return nil, err
-	}
-	var details []snapshotter.Detail
-	for _, d := range all {
-		if inNamespace(d.Name, namespace) {
-			details = append(details, d)
-		}
 	}
 	children := map[string][]string{}
 	for _, d := range details {
@@ -241,7 +277,7 @@ func list(ctx context.Context, src Source, namespace string) ([]Snapshot, error)
 		snaps = append(snaps, s)
 	}
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Key < snaps[j].Key })
-	return snaps, nil
+	return selectNamespace(snaps, namespace), nil
 }
 
 func reply(w http.ResponseWriter, r *http.Request, v any, err error) {
@@ -311,10 +347,13 @@ func (c *Client) get(ctx context.Context, path string, query url.Values, v any) 
 	if resp.StatusCode != http.StatusOK {
 		var e struct{ Error string }
 		json.NewDecoder(resp.Body).Decode(&e)
-		if resp.StatusCode == http.StatusNotFound {
+		switch {
+		case resp.StatusCode == http.StatusNotFound:
 			return fmt.Errorf("%w: %s", ErrNotFound, strings.TrimPrefix(e.Error, ErrNotFound.Error()+": "))
+		case resp.StatusCode < 500:
+			return errors.New(e.Error)
 		}
-		return fmt.Errorf("strata: %s (HTTP %d)", e.Error, resp.StatusCode)
+		return fmt.Errorf("strata failed: %s (HTTP %d)", e.Error, resp.StatusCode)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
 }

@@ -98,8 +98,11 @@ func TestOperatorCommandsByName(t *testing.T) {
 	writeLayer(t, sn, "ns1/3/web", "ns1/2/sha256:base", "", 10)
 	writeLayer(t, sn, "ns2/1/extract", "", "ns2/2/sha256:base", 2048)
 	writeLayer(t, sn, "ns2/3/web", "ns2/2/sha256:base", "", 20)
+	// containerd stores a layer pulled into another namespace once: ns3's
+	// container stands on the layer under ns1's key.
+	writeLayer(t, sn, "ns3/4/web", "ns1/2/sha256:base", "", 30)
 
-	if _, errOut, code := d.subcommand(t, "inspect", "web"); code != 1 || !strings.Contains(errOut, "ns1/3/web, ns2/3/web") || !strings.Contains(errOut, "name the namespace") {
+	if _, errOut, code := d.subcommand(t, "inspect", "web"); code != 1 || !strings.Contains(errOut, "ns1/3/web, ns2/3/web, ns3/4/web") || !strings.Contains(errOut, "-n NAMESPACE") || strings.Contains(errOut, "HTTP") {
 		t.Errorf("inspect of a name in two namespaces: exit %d, %q", code, errOut)
 	}
 	for _, args := range [][]string{{"inspect", "-n", "ns2", "web", "--json"}, {"inspect", "web", "--namespace", "ns2", "--json"}, {"inspect", "ns2/3/web", "--json"}} {
@@ -122,10 +125,22 @@ func TestOperatorCommandsByName(t *testing.T) {
 	if !strings.Contains(ls, "NAMESPACE") || !hasRow(ls, "ns1", "web", "active", "sha256:base", "10.0 B", "ns1/3/web") || !strings.Contains(ls, "sha256:base") || !strings.Contains(ls, "2.0 KiB") || strings.Contains(ls, "ns2") {
 		t.Errorf("ls -n ns1:\n%s", ls)
 	}
-	out, _, _ := d.subcommand(t, "du", "--json", "-n", "ns1")
+	// A namespace's snapshots and the layers they stand on, whichever
+	// namespace's key those carry; unique and shared across the store.
+	ls3, _, _ := d.subcommand(t, "ls", "-n", "ns3")
+	if !hasRow(ls3, "ns3", "web", "active", "sha256:base") || !hasRow(ls3, "ns1", "sha256:base", "committed") || strings.Contains(ls3, "ns2") || strings.Count(ls3, "\n") != 3 {
+		t.Errorf("ls -n ns3:\n%s", ls3)
+	}
+	out, _, _ := d.subcommand(t, "du", "--json", "-n", "ns3")
 	var r accounting.Report
-	if err := json.Unmarshal([]byte(out), &r); err != nil || len(r.Leaves) != 1 || r.Leaves[0].Key != "ns1/3/web" || r.PhysicalBytes != 2058 {
-		t.Errorf("du -n ns1: %v %+v", err, r)
+	if err := json.Unmarshal([]byte(out), &r); err != nil || len(r.Leaves) != 1 || r.Leaves[0].Key != "ns3/4/web" || r.Leaves[0].UniqueBytes != 30 || r.Leaves[0].SharedBytes != 2048 {
+		t.Errorf("du -n ns3: %v %+v", err, r)
+	}
+	if out, errOut, code := d.subcommand(t, "inspect", "-n", "ns3", "sha256:base"); code != 0 || !strings.Contains(out, "ns1/2/sha256:base") {
+		t.Errorf("inspect -n ns3 of the layer its container stands on: exit %d, %s", code, errOut)
+	}
+	if _, errOut, code := d.subcommand(t, "inspect", "-n", "ns4", "sha256:base"); code != 1 || !strings.Contains(errOut, "strata has ns1/2/sha256:base, ns2/2/sha256:base") {
+		t.Errorf("inspect -n of a name only other namespaces have: exit %d, %s", code, errOut)
 	}
 
 	// Global options before the command; the admin API says what is wrong
@@ -226,6 +241,9 @@ func TestRequestLog(t *testing.T) {
 			}
 			if code, ok := entry["code"].(string); ok {
 				codes[code] = true
+				if msg, _ := entry["error"].(string); strings.Contains(msg, "rpc error") {
+					t.Errorf("error logged with gRPC's wrapping: %s", line)
+				}
 				if entry["method"] == nil || entry["duration"] == nil {
 					t.Errorf("call without method or duration: %s", line)
 				}

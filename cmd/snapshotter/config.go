@@ -87,10 +87,12 @@ func defaultConfig() Config {
 // user named it; unknown keys are always an error, naming the key.
 func loadFile(cfg *Config, path string, named bool) error {
 	b, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) && !named {
-			return nil
-		}
+	switch {
+	case errors.Is(err, os.ErrNotExist) && !named:
+		return nil
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("read config: %w: strata's config, store and sockets are root's; run as root", err)
+	case err != nil:
 		return fmt.Errorf("read config: %w", err)
 	}
 	dec := toml.NewDecoder(bytes.NewReader(b)).DisallowUnknownFields()
@@ -99,7 +101,8 @@ func loadFile(cfg *Config, path string, named bool) error {
 		if errors.As(err, &strict) {
 			var keys []string
 			for _, e := range strict.Errors {
-				keys = append(keys, strings.Join(e.Key(), "."))
+				row, _ := e.Position()
+				keys = append(keys, fmt.Sprintf("%s (line %d)", strings.Join(e.Key(), "."), row))
 			}
 			return fmt.Errorf("config %s: unknown key(s) %s", path, strings.Join(keys, ", "))
 		}

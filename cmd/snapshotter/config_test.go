@@ -67,6 +67,22 @@ shutdown_timeout = "3s"
 	if cfg.AdminAddress != "/flag/x.admin.sock" {
 		t.Fatalf("admin address %q, want /flag/x.admin.sock beside --address", cfg.AdminAddress)
 	}
+	// --address takes the daemon off the file's metrics address too,
+	// unless --metrics-address is given.
+	withMetrics := writeConfig(t, `metrics_address = "127.0.0.1:9477"`+"\n")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config", withMetrics}, "127.0.0.1:9477"},
+		{[]string{"--config", withMetrics, "--address", "/run/b/strata.sock"}, ""},
+		{[]string{"--config", withMetrics, "--address", "/run/b/strata.sock", "--metrics-address", "/run/b/metrics.sock"}, "/run/b/metrics.sock"},
+	} {
+		cfg, err := parseConfig(tc.args)
+		if err != nil || cfg.MetricsAddress != tc.want {
+			t.Errorf("%v: metrics address %q, %v; want %q", tc.args, cfg.MetricsAddress, err, tc.want)
+		}
+	}
 	// A config that names an admin socket (as an upgraded host's does)
 	// still gives a daemon started with its own --address its own one.
 	named := writeConfig(t, `admin_address = "/run/strata/admin.sock"`+"\n")
@@ -138,7 +154,7 @@ func TestConfigValidation(t *testing.T) {
 		{"relative admin address", `admin_address = "admin.sock"`, nil, "admin_address:"},
 		{"admin address is the API's", `address = "/run/x.sock"` + "\n" + `admin_address = "/run/x.sock"`, nil, "admin_address: \"/run/x.sock\" is also"},
 		{"address too long", `address = "/` + strings.Repeat("a", 120) + `"`, nil, "at most 107"},
-		{"unknown key", "root = \"/x\"\nrooot = \"/y\"\n", nil, "unknown key(s) rooot"},
+		{"unknown key", "root = \"/x\"\nrooot = \"/y\"\n", nil, "unknown key(s) rooot (line 2)"},
 		{"unknown table key", "[extra]\nx = 1\n", nil, "unknown key(s) extra"},
 		{"metrics port missing", "", []string{"--metrics-address", "0.0.0.0:"}, "neither a unix socket path nor host:port"},
 		{"metrics address garbage", `metrics_address = "nine"`, nil, "metrics_address:"},
@@ -182,9 +198,10 @@ func TestConfigRelativeFlags(t *testing.T) {
 // TestBadConfigExitsOne: the command prints the problem and exits 1.
 func TestBadConfigExitsOne(t *testing.T) {
 	var stderr strings.Builder
-	code := run([]string{"--config", writeConfig(t, `root = "relative"`)}, io.Discard, &stderr)
-	if code != 1 || strings.Count(stderr.String(), "root:") != 1 {
-		t.Fatalf("exit %d, stderr %q; want 1 and one message naming root", code, stderr.String())
+	cfg := writeConfig(t, `root = "relative"`)
+	code := run([]string{"--config", cfg}, io.Discard, &stderr)
+	if code != 1 || strings.Count(stderr.String(), "root:") != 1 || !strings.Contains(stderr.String(), "config "+cfg+": root:") {
+		t.Fatalf("exit %d, stderr %q; want 1 and one message naming the file and root", code, stderr.String())
 	}
 	var stdout strings.Builder
 	if code := run([]string{"--version"}, &stdout, io.Discard); code != 0 || !strings.HasPrefix(stdout.String(), "strata-snapshotter ") {

@@ -35,7 +35,7 @@ func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) in
 	restart := fl.Bool("restart", false, "with --write: when the file changed, or containerd started before its last change, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back. Refused before anything changes when that containerd reads another file or nothing would start it again")
 	containerdAddress := setting{value: "/run/containerd/containerd.sock", path: true}
 	fl.Var(&containerdAddress, "containerd-address", "containerd's `SOCKET`, for --restart")
-	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long --restart waits for containerd to stop and come back")
+	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long (`D`, such as 2m) --restart waits for containerd to stop and come back")
 	podUID := fl.String("pod-uid", "", "with --restart, run as the init container of the pod with this `UID`: first wait until containerd's CRI reports this container running, so the kubelet's start of it is answered before containerd restarts")
 	if _, code, ok := parseArgs(fl, args, 0); !ok {
 		return code

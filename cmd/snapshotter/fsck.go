@@ -55,9 +55,16 @@ func runFsck(g *globals, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s: clean\n", cfg.Root)
 		return 0
 	case *repair:
-		fmt.Fprintf(stdout, "%s: %d restored, %d removed; %d findings left that repair does not fix\n", cfg.Root, len(r.Restored), len(r.Removed), len(r.Findings))
+		fmt.Fprintf(stdout, "%s: %d restored, %d removed; %s left that repair does not fix\n", cfg.Root, len(r.Restored), len(r.Removed), findings(len(r.Findings)))
 	default:
-		fmt.Fprintf(stdout, "%s: %d findings\n", cfg.Root, len(r.Findings))
+		fmt.Fprintf(stdout, "%s: %s\n", cfg.Root, findings(len(r.Findings)))
 	}
 	return 1
+}
+
+func findings(n int) string {
+	if n == 1 {
+		return "1 finding"
+	}
+	return fmt.Sprintf("%d findings", n)
 }

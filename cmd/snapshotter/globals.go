@@ -2,7 +2,10 @@ package main
 
 import (
 	"flag"
+	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 )
 
 // globals are the options every command takes, before or after its name:
@@ -74,11 +77,12 @@ func (g *globals) load() (Config, error) {
 		cfg.Root = g.root.value
 	}
 	if g.address.set {
-		// The admin socket goes with the address given on the command
-		// line (beside it) unless it is given too: a second daemon
-		// started with its own --address never takes the admin socket a
-		// config file names for the first.
-		cfg.Address, cfg.AdminAddress = g.address.value, ""
+		// An address given on the command line takes the daemon off the
+		// config file's other sockets: the admin socket goes beside it,
+		// and metrics are off, unless they are given too. A second
+		// daemon started with only its own --root and --address never
+		// collides with the first, which reads the same file.
+		cfg.Address, cfg.AdminAddress, cfg.MetricsAddress = g.address.value, "", ""
 	}
 	if g.adminAddress.set {
 		cfg.AdminAddress = g.adminAddress.value
@@ -92,9 +96,28 @@ func (g *globals) load() (Config, error) {
 	if g.logFormat.set {
 		cfg.LogFormat = g.logFormat.value
 	}
-	// validate's errors name the key; each flag says which key it sets.
+	// validate's errors name the key; say which file set it, unless an
+	// option did (each option's help names its key).
 	if err := cfg.validate(); err != nil {
+		key, _, _ := strings.Cut(err.Error(), ":")
+		if !g.setsKey(key) && fileExists(path) {
+			return Config{}, fmt.Errorf("config %s: %w", path, err)
+		}
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// setsKey says whether an option given on the command line set the config
+// key.
+func (g *globals) setsKey(key string) bool {
+	return map[string]bool{
+		"root": g.root.set, "address": g.address.set, "admin_address": g.adminAddress.set || g.address.set,
+		"metrics_address": g.metricsAddress.set, "log_level": g.logLevel.set, "log_format": g.logFormat.set,
+	}[key]
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

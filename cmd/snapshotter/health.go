@@ -15,7 +15,7 @@ import (
 // command (the DaemonSet's kubelet asks /healthz over HTTP itself).
 func runHealth(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "health", stdout, stderr)
-	timeout := fl.Duration("timeout", 5*time.Second, "how long to wait for an answer")
+	timeout := fl.Duration("timeout", 5*time.Second, "how long (`D`, such as 10s) to wait for an answer")
 	if _, code, ok := parseArgs(fl, args, 0); !ok {
 		return code
 	}

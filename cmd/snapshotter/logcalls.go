@@ -52,7 +52,9 @@ func logCall(ctx context.Context, method string, req any, start time.Time, err e
 		entry = entry.WithField(field, value)
 	}
 	if err != nil {
-		entry.WithError(err).Log(level, "call failed")
+		// The error as strata said it, without gRPC's wrapping, which
+		// would repeat the code.
+		entry.WithField("error", status.Convert(err).Message()).Log(level, "call failed")
 		return
 	}
 	entry.Log(level, "call")

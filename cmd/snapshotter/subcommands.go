@@ -199,7 +199,13 @@ func cmdDu(ctx context.Context, c *admin.Client, q query, out io.Writer) error {
 	if q.json {
 		return printJSON(out, r)
 	}
-	return printDu(out, r)
+	if err := printDu(out, r); err != nil {
+		return err
+	}
+	if q.namespace != "" {
+		_, err = fmt.Fprintf(out, "(the leaves of namespace %s; unique, shared and the totals count the whole store)\n", q.namespace)
+	}
+	return err
 }
 
 func printDu(out io.Writer, r accounting.Report) error {
