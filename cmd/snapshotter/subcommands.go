@@ -33,7 +33,7 @@ func operatorCommand(name string, run operatorRun, nargs int) func(g *globals, a
 	return func(g *globals, args []string, stdout, stderr io.Writer) int {
 		fl := subcommandFlags(g, name, stdout, stderr)
 		var q query
-		fl.StringVar(&q.namespace, "namespace", "", "only snapshots of this containerd `NAMESPACE` (as ctr -n and nerdctl --namespace name it)")
+		fl.StringVar(&q.namespace, "namespace", "", "the snapshots made in this containerd `NAMESPACE` (as ctr -n and nerdctl --namespace name it) and the layers they stand on")
 		fl.StringVar(&q.namespace, "n", "", "short for --namespace `NAMESPACE`")
 		fl.BoolVar(&q.json, "json", false, "print the admin API's JSON instead of a table")
 		positional, code, ok := parseArgs(fl, args, nargs)
