@@ -28,7 +28,7 @@ type Process struct {
 // Find returns the containerd listening on socket; running is false when
 // nothing does.
 func Find(ctx context.Context, socket string) (p Process, running bool, err error) {
-	pid, running, err := listener(ctx, socket)
+	pid, running, err := listenerPID(ctx, socket)
 	if err != nil || !running {
 		return Process{}, running, err
 	}

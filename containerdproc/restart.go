@@ -52,7 +52,7 @@ func ServerPID(ctx context.Context, socket string) (int, error) {
 // that does not come back before ctx ends is an error: its service manager
 // does not restart it.
 func Restart(ctx context.Context, socket string) (bool, error) {
-	pid, running, err := listener(ctx, socket)
+	pid, running, err := listenerPID(ctx, socket)
 	if err != nil {
 		return false, err
 	}
@@ -116,7 +116,7 @@ func waitExit(ctx context.Context, pidfd int) error {
 // Started returns when the containerd listening on socket started; running
 // is false when nothing listens there.
 func Started(ctx context.Context, socket string) (started time.Time, running bool, err error) {
-	pid, running, err := listener(ctx, socket)
+	pid, running, err := listenerPID(ctx, socket)
 	if err != nil || !running {
 		return time.Time{}, false, err
 	}
@@ -124,9 +124,9 @@ func Started(ctx context.Context, socket string) (started time.Time, running boo
 	return started, err == nil, err
 }
 
-// listener returns the PID of the containerd listening on socket; running
+// listenerPID returns the PID of the containerd listening on socket; running
 // is false when nothing does (no socket, or a stale one).
-func listener(ctx context.Context, socket string) (pid int, running bool, err error) {
+func listenerPID(ctx context.Context, socket string) (pid int, running bool, err error) {
 	pid, err = ServerPID(ctx, socket)
 	switch {
 	case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED):

@@ -366,9 +366,9 @@ func (db *DB) View(fn func(*Tx) error) error {
 	return db.db.View(func(tx *bolt.Tx) error { return fn(newTx(tx)) })
 }
 
-// Update runs fn in a read-write transaction; all of fn's changes are
+// Write runs fn in a read-write transaction; all of fn's changes are
 // committed together, or none are when fn returns an error.
-func (db *DB) Update(fn func(*Tx) error) error {
+func (db *DB) Write(fn func(*Tx) error) error {
 	return db.db.Update(func(tx *bolt.Tx) error { return fn(newTx(tx)) })
 }
 

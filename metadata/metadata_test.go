@@ -30,8 +30,8 @@ func openTest(t *testing.T) (*DB, string) {
 func create(t *testing.T, db *DB, key, parent string, kind snapshots.Kind) Snapshot {
 	t.Helper()
 	var s Snapshot
-	err := db.Update(func(tx *Tx) (err error) {
-		s, err = tx.Create(NewSnapshot{Key: key, Kind: kind, Parent: parent, Dir: "L" + key})
+	err := db.Write(func(tx *Tx) (err error) {
+		s, err = tx.CreateSnapshot(NewSnapshot{Key: key, Kind: kind, Parent: parent, Dir: "L" + key})
 		return err
 	})
 	if err != nil {
@@ -43,12 +43,12 @@ func create(t *testing.T, db *DB, key, parent string, kind snapshots.Kind) Snaps
 func commit(t *testing.T, db *DB, key, name string) Snapshot {
 	t.Helper()
 	var s Snapshot
-	err := db.Update(func(tx *Tx) error {
+	err := db.Write(func(tx *Tx) error {
 		a, err := tx.Get(key)
 		if err != nil {
 			return err
 		}
-		s, err = tx.Commit(key, name, a.ID, Usage{Size: 4096, Inodes: 3, Bytes: 10}, snapshots.Info{})
+		s, err = tx.CommitSnapshot(key, name, a.ID, Usage{Size: 4096, Inodes: 3, Bytes: 10}, snapshots.Info{})
 		return err
 	})
 	if err != nil {
@@ -94,9 +94,9 @@ func TestSchemaVersion(t *testing.T) {
 func TestMigrateSchema1(t *testing.T) {
 	db, path := openTest(t)
 	var ids = map[string]uint64{}
-	err := db.Update(func(tx *Tx) error {
+	err := db.Write(func(tx *Tx) error {
 		for _, k := range []string{"a", "b"} {
-			s, err := tx.Create(NewSnapshot{Key: k, Kind: snapshots.KindActive, Dir: "D" + k})
+			s, err := tx.CreateSnapshot(NewSnapshot{Key: k, Kind: snapshots.KindActive, Dir: "D" + k})
 			if err != nil {
 				return err
 			}
@@ -172,9 +172,9 @@ func openMigrated(t *testing.T, path string, check func(*Tx)) {
 func TestMigrateSchema2(t *testing.T) {
 	db, path := openTest(t)
 	ref := map[string]string{snapshots.LabelSnapshotRef: "sha256:layer"}
-	err := db.Update(func(tx *Tx) error {
+	err := db.Write(func(tx *Tx) error {
 		for _, k := range []string{"base", "other"} {
-			a, err := tx.Create(NewSnapshot{Key: k + "-a", Kind: snapshots.KindActive, Dir: "D" + k})
+			a, err := tx.CreateSnapshot(NewSnapshot{Key: k + "-a", Kind: snapshots.KindActive, Dir: "D" + k})
 			if err != nil {
 				return err
 			}
@@ -182,7 +182,7 @@ func TestMigrateSchema2(t *testing.T) {
 			if k == "other" {
 				labels = nil
 			}
-			if _, err := tx.Commit(k+"-a", k, a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: labels}); err != nil {
+			if _, err := tx.CommitSnapshot(k+"-a", k, a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: labels}); err != nil {
 				return err
 			}
 		}
@@ -229,8 +229,8 @@ func TestRefsIndex(t *testing.T) {
 		return key
 	}
 	update := func(labels map[string]string) {
-		err := db.Update(func(tx *Tx) error {
-			_, err := tx.Update(snapshots.Info{Name: "base", Labels: labels}, "labels."+snapshots.LabelSnapshotRef)
+		err := db.Write(func(tx *Tx) error {
+			_, err := tx.UpdateInfo(snapshots.Info{Name: "base", Labels: labels}, "labels."+snapshots.LabelSnapshotRef)
 			return err
 		})
 		if err != nil {
@@ -238,8 +238,8 @@ func TestRefsIndex(t *testing.T) {
 		}
 	}
 	a := create(t, db, "base-a", "", snapshots.KindActive)
-	err := db.Update(func(tx *Tx) error {
-		_, err := tx.Commit("base-a", "base", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: map[string]string{snapshots.LabelSnapshotRef: layer}})
+	err := db.Write(func(tx *Tx) error {
+		_, err := tx.CommitSnapshot("base-a", "base", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: map[string]string{snapshots.LabelSnapshotRef: layer}})
 		return err
 	})
 	if err != nil {
@@ -256,7 +256,7 @@ func TestRefsIndex(t *testing.T) {
 	if k := find(); k != "base" {
 		t.Fatalf("after the label is set again: %q, want base", k)
 	}
-	if err := db.Update(func(tx *Tx) error { _, err := tx.Remove("base"); return err }); err != nil {
+	if err := db.Write(func(tx *Tx) error { _, err := tx.RemoveSnapshot("base"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if k := find(); k != "" {
@@ -270,8 +270,8 @@ func TestRefsIndex(t *testing.T) {
 func TestRefsIndexRebuilt(t *testing.T) {
 	db, path := openTest(t)
 	a := create(t, db, "base-a", "", snapshots.KindActive)
-	err := db.Update(func(tx *Tx) error {
-		_, err := tx.Commit("base-a", "base", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: map[string]string{snapshots.LabelSnapshotRef: "sha256:layer"}})
+	err := db.Write(func(tx *Tx) error {
+		_, err := tx.CommitSnapshot("base-a", "base", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{Labels: map[string]string{snapshots.LabelSnapshotRef: "sha256:layer"}})
 		return err
 	})
 	if err != nil {
@@ -375,15 +375,15 @@ func TestIndexes(t *testing.T) {
 	}
 
 	// Remove: refused with children, then index entries go with each.
-	err = db.Update(func(tx *Tx) error {
-		_, err := tx.Remove("base")
+	err = db.Write(func(tx *Tx) error {
+		_, err := tx.RemoveSnapshot("base")
 		return err
 	})
 	if !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("remove with children: %v", err)
 	}
 	for _, k := range []string{"c1", "v1", "base"} {
-		if err := db.Update(func(tx *Tx) error { _, err := tx.Remove(k); return err }); err != nil {
+		if err := db.Write(func(tx *Tx) error { _, err := tx.RemoveSnapshot(k); return err }); err != nil {
 			t.Fatalf("remove %s: %v", k, err)
 		}
 	}
@@ -412,50 +412,50 @@ func TestErrorKinds(t *testing.T) {
 		is   func(error) bool
 	}{
 		{"create existing", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "active", Kind: snapshots.KindActive, Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "active", Kind: snapshots.KindActive, Dir: "new"})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"create with used directory name", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Dir: "Lactive"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Dir: "Lactive"})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"create committed kind", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindCommitted, Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindCommitted, Dir: "new"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"create on missing parent", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "nope", Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "nope", Dir: "new"})
 			return err
 		}, errdefs.IsNotFound},
 		{"create on active parent", func(tx *Tx) error {
-			_, err := tx.Create(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "active", Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "active", Dir: "new"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"commit a view", func(tx *Tx) error {
 			v, _ := tx.Get("view")
-			_, err := tx.Commit("view", "n", v.ID, Usage{}, snapshots.Info{})
+			_, err := tx.CommitSnapshot("view", "n", v.ID, Usage{}, snapshots.Info{})
 			return err
 		}, errdefs.IsFailedPrecondition},
 		{"commit with stale id", func(tx *Tx) error {
-			_, err := tx.Commit("active", "n", active.ID+100, Usage{}, snapshots.Info{})
+			_, err := tx.CommitSnapshot("active", "n", active.ID+100, Usage{}, snapshots.Info{})
 			return err
 		}, errdefs.IsFailedPrecondition},
 		{"commit onto existing name", func(tx *Tx) error {
-			_, err := tx.Commit("active", "base", active.ID, Usage{}, snapshots.Info{})
+			_, err := tx.CommitSnapshot("active", "base", active.ID, Usage{}, snapshots.Info{})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"commit changing parent", func(tx *Tx) error {
-			_, err := tx.Commit("active", "n", active.ID, Usage{}, snapshots.Info{Parent: "other"})
+			_, err := tx.CommitSnapshot("active", "n", active.ID, Usage{}, snapshots.Info{Parent: "other"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"update immutable field", func(tx *Tx) error {
-			_, err := tx.Update(snapshots.Info{Name: "base"}, "parent")
+			_, err := tx.UpdateInfo(snapshots.Info{Name: "base"}, "parent")
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"get missing", func(tx *Tx) error { _, err := tx.Get("nope"); return err }, errdefs.IsNotFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := db.Update(tc.fn)
+			err := db.Write(tc.fn)
 			if !tc.is(err) {
 				t.Fatalf("got %v", err)
 			}
@@ -466,8 +466,8 @@ func TestErrorKinds(t *testing.T) {
 // TestUpdateLabels follows containerd's fieldpath rules.
 func TestUpdateLabels(t *testing.T) {
 	db, _ := openTest(t)
-	err := db.Update(func(tx *Tx) error {
-		_, err := tx.Create(NewSnapshot{Key: "a", Kind: snapshots.KindActive, Dir: "La", Labels: map[string]string{"keep": "1", "drop": "2"}})
+	err := db.Write(func(tx *Tx) error {
+		_, err := tx.CreateSnapshot(NewSnapshot{Key: "a", Kind: snapshots.KindActive, Dir: "La", Labels: map[string]string{"keep": "1", "drop": "2"}})
 		return err
 	})
 	if err != nil {
@@ -476,7 +476,7 @@ func TestUpdateLabels(t *testing.T) {
 	update := func(info snapshots.Info, paths ...string) map[string]string {
 		t.Helper()
 		var s Snapshot
-		if err := db.Update(func(tx *Tx) (err error) { s, err = tx.Update(info, paths...); return err }); err != nil {
+		if err := db.Write(func(tx *Tx) (err error) { s, err = tx.UpdateInfo(info, paths...); return err }); err != nil {
 			t.Fatal(err)
 		}
 		var again Snapshot
@@ -539,7 +539,7 @@ func TestConcurrentReaders(t *testing.T) {
 	for i := range writes {
 		create(t, db, fmt.Sprintf("c%d", i), "base", snapshots.KindActive)
 		if i%2 == 0 {
-			if err := db.Update(func(tx *Tx) error { _, err := tx.Remove(fmt.Sprintf("c%d", i)); return err }); err != nil {
+			if err := db.Write(func(tx *Tx) error { _, err := tx.RemoveSnapshot(fmt.Sprintf("c%d", i)); return err }); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -562,14 +562,14 @@ func TestConcurrentReaders(t *testing.T) {
 // TestReserveIDs: ids up to a reserved one are never handed out.
 func TestReserveIDs(t *testing.T) {
 	db, _ := openTest(t)
-	if err := db.Update(func(tx *Tx) error { return tx.ReserveIDsThrough(100000) }); err != nil {
+	if err := db.Write(func(tx *Tx) error { return tx.ReserveIDsThrough(100000) }); err != nil {
 		t.Fatal(err)
 	}
 	if s := create(t, db, "a", "", snapshots.KindActive); s.ID != 100001 {
 		t.Fatalf("id %d, want 100001", s.ID)
 	}
 	// Reserving below the counter does not move it back.
-	if err := db.Update(func(tx *Tx) error { return tx.ReserveIDsThrough(5) }); err != nil {
+	if err := db.Write(func(tx *Tx) error { return tx.ReserveIDsThrough(5) }); err != nil {
 		t.Fatal(err)
 	}
 	if s := create(t, db, "b", "", snapshots.KindActive); s.ID != 100002 {

@@ -132,9 +132,9 @@ type NewSnapshot struct {
 	Staged bool
 }
 
-// Create records a new active snapshot or view and returns it with its
+// CreateSnapshot records a new active snapshot or view and returns it with its
 // freshly assigned id.
-func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
+func (t *Tx) CreateSnapshot(n NewSnapshot) (Snapshot, error) {
 	if n.Kind != snapshots.KindActive && n.Kind != snapshots.KindView {
 		return Snapshot{}, fmt.Errorf("cannot create a snapshot of kind %v: %w", n.Kind, errdefs.ErrInvalidArgument)
 	}
@@ -190,12 +190,12 @@ func (t *Tx) Create(n NewSnapshot) (Snapshot, error) {
 	return s, nil
 }
 
-// Commit turns the active snapshot key, whose id must be id, into the
+// CommitSnapshot turns the active snapshot key, whose id must be id, into the
 // committed snapshot name, with the given usage. As containerd's interface
-// specifies, the committed snapshot gets only the labels given to Commit, and
+// specifies, the committed snapshot gets only the labels given to CommitSnapshot, and
 // an active snapshot created without a parent may be given one now (the
 // "rebase" capability used by parallel unpack).
-func (t *Tx) Commit(key, name string, id uint64, usage Usage, base snapshots.Info) (Snapshot, error) {
+func (t *Tx) CommitSnapshot(key, name string, id uint64, usage Usage, base snapshots.Info) (Snapshot, error) {
 	if name == "" {
 		return Snapshot{}, fmt.Errorf("commit name must not be empty: %w", errdefs.ErrInvalidArgument)
 	}
@@ -253,9 +253,9 @@ func (t *Tx) Commit(key, name string, id uint64, usage Usage, base snapshots.Inf
 	return s, nil
 }
 
-// Remove deletes the record of key, which must have no children, and returns
+// RemoveSnapshot deletes the record of key, which must have no children, and returns
 // what it was. Its directory may still be another snapshot's: see DirInUse.
-func (t *Tx) Remove(key string) (Snapshot, error) {
+func (t *Tx) RemoveSnapshot(key string) (Snapshot, error) {
 	s, err := t.Get(key)
 	if err != nil {
 		return Snapshot{}, err
@@ -288,11 +288,11 @@ func (t *Tx) Remove(key string) (Snapshot, error) {
 	return s, nil
 }
 
-// Update changes the mutable fields of a snapshot (its labels) as
-// containerd's Snapshotter.Update specifies: with no fieldpaths all labels are
+// UpdateInfo changes the mutable fields of a snapshot (its labels) as
+// containerd's Snapshotter.UpdateInfo specifies: with no fieldpaths all labels are
 // replaced; "labels" replaces them too; "labels.KEY" sets one label or, when
 // info has no value for it, deletes it.
-func (t *Tx) Update(info snapshots.Info, fieldpaths ...string) (Snapshot, error) {
+func (t *Tx) UpdateInfo(info snapshots.Info, fieldpaths ...string) (Snapshot, error) {
 	s, err := t.Get(info.Name)
 	if err != nil {
 		return Snapshot{}, err

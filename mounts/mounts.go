@@ -13,8 +13,8 @@ import (
 )
 
 // MaxLowerDirs is the most lower directories one overlay mount may stack:
-// OVL_MAX_STACK in the kernel's fs/overlayfs/params.h (500 since Linux 2.6.x's
-// overlayfs merge; the upper directory does not count against it).
+// OVL_MAX_STACK in the kernel's fs/overlayfs (the upper directory does not
+// count against it).
 const MaxLowerDirs = 500
 
 // maxData is the most bytes of option data mount(2) takes: the kernel copies
@@ -64,10 +64,7 @@ func For(r Request) []mount.Mount {
 	if !r.Writable && len(r.Parents) == 1 {
 		return []mount.Mount{bind(r.Parents[0], false, r.Mapping)}
 	}
-	lowers := r.Parents
-	if len(lowers) == 0 {
-		lowers = []string{r.EmptyLower}
-	}
+	lowers := r.lowers()
 	options := slices.Clone(r.Mapping)
 	if r.Writable {
 		options = append(options, "workdir="+r.WorkDir, "upperdir="+r.Dir)
@@ -75,6 +72,14 @@ func For(r Request) []mount.Mount {
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, r.Options...)
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
+}
+
+// lowers are an overlay mount's lower directories.
+func (r Request) lowers() []string {
+	if len(r.Parents) == 0 {
+		return []string{r.EmptyLower}
+	}
+	return r.Parents
 }
 
 func bind(dir string, writable bool, mapping []string) mount.Mount {
@@ -86,43 +91,50 @@ func bind(dir string, writable bool, mapping []string) mount.Mount {
 }
 
 // Check returns a FailedPrecondition error when the kernel would refuse the
-// mounts: more lower directories than overlayfs stacks, or more option data
-// than mount(2) takes.
-func Check(ms []mount.Mount) error {
-	for _, m := range ms {
-		if m.Type != "overlay" {
-			continue
-		}
-		if n := len(lowerDirs(m.Options)); n > MaxLowerDirs {
-			return fmt.Errorf("a chain of %d layers exceeds overlayfs's limit of %d lower directories (OVL_MAX_STACK): %w",
-				n, MaxLowerDirs, errdefs.ErrFailedPrecondition)
-		}
-		if n := DataSize(m); n > maxData {
-			return fmt.Errorf("overlay mount options would take %d bytes, more than the %d mount(2) accepts; use a shorter root directory: %w",
-				n, maxData, errdefs.ErrFailedPrecondition)
-		}
+// mounts For(r) returns: more lower directories than overlayfs stacks, or
+// more option data than mount(2) takes.
+func Check(r Request) error {
+	m := For(r)[0]
+	if m.Type != "overlay" {
+		return nil
+	}
+	lowers := r.lowers()
+	if n := len(lowers); n > MaxLowerDirs {
+		return fmt.Errorf("a chain of %d layers exceeds overlayfs's limit of %d lower directories (OVL_MAX_STACK): %w",
+			n, MaxLowerDirs, errdefs.ErrFailedPrecondition)
+	}
+	if n := dataSize(m.Options, lowers); n > maxData {
+		return fmt.Errorf("overlay mount options would take %d bytes, more than the %d mount(2) accepts; use a shorter root directory: %w",
+			n, maxData, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }
 
 // DataSize is the length of the option string containerd's mount.All passes
-// to mount(2) for m. When the options reach a page less 512 bytes, mount.All
+// to mount(2) for m.
+func DataSize(m mount.Mount) int {
+	if m.Type != "overlay" {
+		return dataSize(m.Options, nil)
+	}
+	return dataSize(m.Options, lowerDirs(m.Options))
+}
+
+// dataSize is the length of options as mount(2) receives them. When they
+// reach a page less 512 bytes, containerd's mount.All
 // (core/mount/mount_linux.go) changes into the lower directories' common
 // parent and passes the lower directories relative to it; strata's layers all
 // live in one directory, so each then costs only its name and a separator.
-func DataSize(m mount.Mount) int {
+func dataSize(options, lowers []string) int {
 	const compactAt = 4096 - 512
 	size := 0
-	for _, o := range m.Options {
+	for _, o := range options {
 		size += len(o)
 	}
-	if m.Type == "overlay" && size >= compactAt {
-		if dirs := lowerDirs(m.Options); len(dirs) > 1 {
-			common := path.Dir(longestCommonPrefix(dirs)) + "/"
-			size -= len(common) * len(dirs)
-		}
+	if size >= compactAt && len(lowers) > 1 {
+		common := path.Dir(longestCommonPrefix(lowers)) + "/"
+		size -= len(common) * len(lowers)
 	}
-	return size + len(m.Options) - 1 // the commas between options
+	return size + len(options) - 1 // the commas between options
 }
 
 func lowerDirs(options []string) []string {

@@ -64,14 +64,14 @@ func TestCheckLimitsLowerDirs(t *testing.T) {
 	for i := range short {
 		short[i] = short[i][:len(short[i])-2]
 	}
-	if err := Check(For(Request{Dir: "/r/s", Parents: layers("/r", MaxLowerDirs)})); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "mount(2) accepts") {
+	if err := Check(Request{Dir: "/r/s", Parents: layers("/r", MaxLowerDirs)}); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "mount(2) accepts") {
 		t.Fatalf("500 lower dirs of 8-character names: %v, want FailedPrecondition about mount(2)'s limit", err)
 	}
-	ok := For(Request{Dir: "/r/s", Parents: short[:MaxLowerDirs]})
+	ok := Request{Dir: "/r/s", Parents: short[:MaxLowerDirs]}
 	if err := Check(ok); err != nil {
 		t.Fatalf("%d lower dirs: %v", MaxLowerDirs, err)
 	}
-	tooMany := For(Request{Dir: "/r/s", Parents: short})
+	tooMany := Request{Dir: "/r/s", Parents: short}
 	err := Check(tooMany)
 	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "limit of 500") {
 		t.Fatalf("%d lower dirs: %v, want FailedPrecondition naming the limit", MaxLowerDirs+1, err)
@@ -137,7 +137,7 @@ func TestDataSizeMatchesKernel(t *testing.T) {
 		if (err == nil) != tc.mount {
 			t.Fatalf("%d bytes (%d layers): mount error %v, want mounted=%v", tc.size, n, err, tc.mount)
 		}
-		if checkErr := Check(ms); (checkErr == nil) != tc.mount {
+		if checkErr := Check(req); (checkErr == nil) != tc.mount {
 			t.Fatalf("%d bytes: Check says %v, want ok=%v", tc.size, checkErr, tc.mount)
 		}
 		t.Logf("%d bytes of options with %d lower directories: mounted=%v", tc.size, n, err == nil)
@@ -172,7 +172,7 @@ func TestDeepChainMountsWithMapping(t *testing.T) {
 		}
 	}
 	ms := For(req)
-	if err := Check(ms); err != nil {
+	if err := Check(req); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
 	// containerd's idmapped remount of the layers' directory goes under

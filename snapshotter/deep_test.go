@@ -42,7 +42,7 @@ func TestDeepChain500Layers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *metadata.Tx) error { return tx.ReserveIDsThrough(100000) }); err != nil {
+	if err := db.Write(func(tx *metadata.Tx) error { return tx.ReserveIDsThrough(100000) }); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

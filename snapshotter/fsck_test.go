@@ -67,8 +67,8 @@ func TestFsck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Update(func(tx *metadata.Tx) error {
-		_, err := tx.Update(snapshots.Info{Name: "userns", Labels: map[string]string{snapshots.LabelSnapshotUIDMapping: "0:x:1"}}, "labels."+snapshots.LabelSnapshotUIDMapping)
+	err = db.Write(func(tx *metadata.Tx) error {
+		_, err := tx.UpdateInfo(snapshots.Info{Name: "userns", Labels: map[string]string{snapshots.LabelSnapshotUIDMapping: "0:x:1"}}, "labels."+snapshots.LabelSnapshotUIDMapping)
 		return err
 	})
 	db.Close()

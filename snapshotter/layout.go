@@ -57,15 +57,17 @@ type layout struct {
 	root string
 }
 
-func (l layout) dbPath() string              { return filepath.Join(l.root, dbFile) }
-func (l layout) layersRoot() string          { return filepath.Join(l.root, layersDir) }
-func (l layout) workRoot() string            { return filepath.Join(l.root, workDir) }
-func (l layout) empty() string               { return filepath.Join(l.root, emptyDir) }
-func (l layout) layer(name string) string    { return filepath.Join(l.layersRoot(), name) }
-func (l layout) work(name string) string     { return filepath.Join(l.workRoot(), name) }
-func (l layout) removing(name string) string { return filepath.Join(l.layersRoot(), removePrefix+name) }
-func (l layout) tempDir() (string, error)    { return os.MkdirTemp(l.layersRoot(), tempPrefix) }
-func (l layout) probeDir() (string, error)   { return os.MkdirTemp(l.root, probePrefix) }
+func (l layout) dbPath() string           { return filepath.Join(l.root, dbFile) }
+func (l layout) layersRoot() string       { return filepath.Join(l.root, layersDir) }
+func (l layout) workRoot() string         { return filepath.Join(l.root, workDir) }
+func (l layout) empty() string            { return filepath.Join(l.root, emptyDir) }
+func (l layout) layer(name string) string { return filepath.Join(l.layersRoot(), name) }
+func (l layout) work(name string) string  { return filepath.Join(l.workRoot(), name) }
+func (l layout) removedLayer(name string) string {
+	return filepath.Join(l.layersRoot(), removePrefix+name)
+}
+func (l layout) tempDir() (string, error)  { return os.MkdirTemp(l.layersRoot(), tempPrefix) }
+func (l layout) probeDir() (string, error) { return os.MkdirTemp(l.root, probePrefix) }
 
 // init creates the skeleton of the layout.
 func (l layout) init() error {

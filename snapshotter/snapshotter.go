@@ -55,7 +55,7 @@ type Opt func(*config)
 
 type config struct {
 	syncRemove   bool
-	noCommitSync bool
+	commitSync   bool
 	mountOptions []string
 }
 
@@ -63,10 +63,10 @@ type config struct {
 // instead of in the background.
 func WithSyncRemove(c *config) { c.syncRemove = true }
 
-// WithoutCommitSync makes Commit acknowledge without first flushing the
-// layer's data to disk: faster, but a power loss soon after may leave a
-// committed layer with missing or empty files.
-func WithoutCommitSync(c *config) { c.noCommitSync = true }
+// WithCommitSync says whether Commit flushes the layer's data to disk before
+// it acknowledges (the default). Without, commits are faster, but a power
+// loss soon after may leave a committed layer with missing or empty files.
+func WithCommitSync(on bool) Opt { return func(c *config) { c.commitSync = on } }
 
 // WithMountOptions adds options to every overlay mount strata returns.
 func WithMountOptions(options []string) Opt {
@@ -86,7 +86,7 @@ type snapshotter struct {
 
 	mu       sync.Mutex
 	closed   bool
-	removing map[string]bool // directories being deleted in the background
+	deleting map[string]bool // directories being deleted in the background
 	wg       sync.WaitGroup  // background deletions
 }
 
@@ -98,7 +98,7 @@ type snapshotter struct {
 // leftovers of interrupted operations removed, and snapshots whose directory
 // is missing, unindexed layers and entries strata did not make are logged.
 func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err error) {
-	var c config
+	c := config{commitSync: true}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -167,13 +167,13 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		db:         db,
 		syncRemove: c.syncRemove,
 		options:    options,
-		removing:   map[string]bool{},
+		deleting:   map[string]bool{},
 	}
 	if err := s.reconcile(ctx); err != nil {
 		db.Close()
 		return nil, err
 	}
-	if !c.noCommitSync {
+	if c.commitSync {
 		if s.flusher, err = newFlusher(l.root); err != nil {
 			db.Close()
 			return nil, fmt.Errorf("open the root to flush commits: %w", err)
@@ -229,18 +229,18 @@ func (s *snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 		return snapshots.Info{}, err
 	}
 	var rec metadata.Snapshot
-	err := s.db.Update(func(tx *metadata.Tx) (err error) {
+	err := s.db.Write(func(tx *metadata.Tx) (err error) {
 		old, err := tx.Get(info.Name)
 		if err != nil {
 			return err
 		}
-		if rec, err = tx.Update(info, fieldpaths...); err != nil {
+		if rec, err = tx.UpdateInfo(info, fieldpaths...); err != nil {
 			return err
 		}
 		return keepsMapping(old, rec)
 	})
 	if err != nil {
-		return snapshots.Info{}, resourceKind(err)
+		return snapshots.Info{}, exhaustedOnFullDisk(err)
 	}
 	return rec.Info(), nil
 }
@@ -325,7 +325,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	}()
 
 	var ms []mount.Mount
-	err = s.db.Update(func(tx *metadata.Tx) error {
+	err = s.db.Write(func(tx *metadata.Tx) error {
 		n := metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels}
 		layer, staged, err := existingLayer(tx, n)
 		if err != nil {
@@ -336,7 +336,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		} else if n.Dir, err = newLayerName(tx); err != nil {
 			return err
 		}
-		rec, err := tx.Create(n)
+		rec, err := tx.CreateSnapshot(n)
 		if err != nil {
 			return err
 		}
@@ -345,10 +345,11 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			return err
 		}
 		mapping := s.mappingFor(rec.Labels, lowers)
-		ms = s.mounts(rec, lowers, mapping)
-		if err := mounts.Check(ms); err != nil {
+		req := s.mountRequest(rec, lowers, mapping)
+		if err := mounts.Check(req); err != nil {
 			return fmt.Errorf("snapshot %q on %q: %w", key, parent, err)
 		}
+		ms = mounts.For(req)
 		if staged {
 			log.G(ctx).WithField("key", key).WithField("layer", layer.Key).Debug("layer already here; staged for commit without unpacking")
 			return nil
@@ -356,7 +357,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 		return s.makeDirs(rec, lowers, mapping, &undo)
 	})
 	if err != nil {
-		return nil, resourceKind(err)
+		return nil, exhaustedOnFullDisk(err)
 	}
 	return ms, nil
 }
@@ -422,6 +423,11 @@ func (s *snapshotter) populate(td string, lowers []string, mapping *idMapping) e
 
 // mounts are rec's mounts on lowers, carrying mapping (mappingFor) if any.
 func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string, mapping *idMapping) []mount.Mount {
+	return mounts.For(s.mountRequest(rec, lowers, mapping))
+}
+
+// mountRequest describes rec's mounts on lowers to the mounts package.
+func (s *snapshotter) mountRequest(rec metadata.Snapshot, lowers []string, mapping *idMapping) mounts.Request {
 	parents := make([]string, len(lowers))
 	for i, dir := range lowers {
 		parents[i] = s.layout.layer(dir)
@@ -439,7 +445,7 @@ func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string, mapping *id
 	if extractsUpperLayer(rec) {
 		req.EmptyLower = s.layout.empty()
 	}
-	return mounts.For(req)
+	return req
 }
 
 // Commit turns the active snapshot key into the committed snapshot name. Its
@@ -472,19 +478,19 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return err
 	}
 	if rec.Staged {
-		return resourceKind(s.db.Update(func(tx *metadata.Tx) error {
+		return exhaustedOnFullDisk(s.db.Write(func(tx *metadata.Tx) error {
 			usage, err := s.stagedUsage(ctx, tx, rec, base.Parent)
 			if err != nil {
 				return err
 			}
-			_, err = tx.Commit(key, name, rec.ID, usage, base)
+			_, err = tx.CommitSnapshot(key, name, rec.ID, usage, base)
 			return err
 		}))
 	}
 	dir := s.layout.layer(rec.Dir)
 	usage, err := diskUsage(ctx, dir)
 	if err != nil {
-		return resourceKind(fmt.Errorf("measure usage of %q: %w", key, err))
+		return exhaustedOnFullDisk(fmt.Errorf("measure usage of %q: %w", key, err))
 	}
 	if s.flusher != nil {
 		// The layer's files reach the disk before the commit is
@@ -492,18 +498,18 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		// filesystem once, cheaper than an fsync per file of a layer, and
 		// once for all the commits waiting together.
 		if err := s.flusher.flush(); err != nil {
-			return resourceKind(fmt.Errorf("flush layer %q to disk: %w", key, err))
+			return exhaustedOnFullDisk(fmt.Errorf("flush layer %q to disk: %w", key, err))
 		}
 	}
-	return resourceKind(s.db.Update(func(tx *metadata.Tx) error {
-		_, err := tx.Commit(key, name, rec.ID, usage, base)
+	return exhaustedOnFullDisk(s.db.Write(func(tx *metadata.Tx) error {
+		_, err := tx.CommitSnapshot(key, name, rec.ID, usage, base)
 		return err
 	}))
 }
 
-// resourceKind marks a full disk (or quota) as ResourceExhausted, so
+// exhaustedOnFullDisk marks a full disk (or quota) as ResourceExhausted, so
 // clients see the cause in the gRPC code instead of Unknown.
-func resourceKind(err error) error {
+func exhaustedOnFullDisk(err error) error {
 	if err != nil && (errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) && !errdefs.IsResourceExhausted(err) {
 		return fmt.Errorf("%w: %w", err, errdefs.ErrResourceExhausted)
 	}
@@ -519,8 +525,8 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 	// moved pairs each directory moved aside in the transaction with where
 	// it went: deleted once the transaction commits, put back if it does not.
 	var moved [][2]string
-	err = s.db.Update(func(tx *metadata.Tx) error {
-		rec, err := tx.Remove(key)
+	err = s.db.Write(func(tx *metadata.Tx) error {
+		rec, err := tx.RemoveSnapshot(key)
 		if err != nil {
 			return err
 		}
@@ -529,7 +535,7 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		}
 		// The layer, then its work directory (active snapshots only), go
 		// to rm- names, which no new snapshot can be given.
-		layer := [2]string{s.layout.layer(rec.Dir), s.layout.removing(rec.Dir)}
+		layer := [2]string{s.layout.layer(rec.Dir), s.layout.removedLayer(rec.Dir)}
 		work := [2]string{s.layout.work(rec.Dir), filepath.Join(s.layout.workRoot(), removePrefix+rec.Dir)}
 		for i, m := range [][2]string{layer, work} {
 			err := os.Rename(m[0], m[1])
@@ -554,17 +560,17 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 				log.G(ctx).WithError(rerr).WithField("key", key).Error("failed to restore directory of a snapshot whose removal did not commit")
 			}
 		}
-		return resourceKind(err)
+		return exhaustedOnFullDisk(err)
 	}
 	for _, m := range moved {
-		s.delete(ctx, m[1])
+		s.deleteRemoved(ctx, m[1])
 	}
 	return nil
 }
 
-// delete removes dir, now or in the background. Failures are logged, not
+// deleteRemoved removes dir, now or in the background. Failures are logged, not
 // returned: the snapshot is already gone from the index, and Cleanup retries.
-func (s *snapshotter) delete(ctx context.Context, dir string) {
+func (s *snapshotter) deleteRemoved(ctx context.Context, dir string) {
 	if s.syncRemove {
 		deleteDir(ctx, dir)
 		return
@@ -574,13 +580,13 @@ func (s *snapshotter) delete(ctx context.Context, dir string) {
 	if s.closed {
 		return // left for the reconciliation at next start
 	}
-	s.removing[dir] = true
+	s.deleting[dir] = true
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		deleteDir(context.WithoutCancel(ctx), dir)
 		s.mu.Lock()
-		delete(s.removing, dir)
+		delete(s.deleting, dir)
 		s.mu.Unlock()
 	}()
 }
@@ -648,7 +654,7 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 // the survey.
 func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 	var strays []stray
-	err := s.db.Update(func(tx *metadata.Tx) error {
+	err := s.db.Write(func(tx *metadata.Tx) error {
 		recorded, err := recordedDirs(tx)
 		if err != nil {
 			return err
@@ -701,7 +707,7 @@ func recordedDirs(tx *metadata.Tx) (map[string]bool, error) {
 func (s *snapshotter) beingDeleted(path string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.removing[path]
+	return s.deleting[path]
 }
 
 // reconcile runs at start, before anything is served: it tidies the root
@@ -739,14 +745,14 @@ func (s *snapshotter) warnIfDeepChainsCannotMount(ctx context.Context) {
 	for i := range parents {
 		parents[i] = s.layout.layer(name)
 	}
-	ms := mounts.For(mounts.Request{
+	req := mounts.Request{
 		Writable: true,
 		Dir:      s.layout.layer(name),
 		WorkDir:  s.layout.work(name),
 		Parents:  parents,
 		Options:  s.options,
-	})
-	if err := mounts.Check(ms); err != nil {
+	}
+	if err := mounts.Check(req); err != nil {
 		log.G(ctx).WithError(err).WithField("root", s.layout.root).Warn("deepest chains will not mount under this root")
 	}
 }

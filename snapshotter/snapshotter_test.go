@@ -75,7 +75,7 @@ func TestRemoveKeepsMountedDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := layerOf(t, ms)
-	layer, moved := sn.layout.layer(name), sn.layout.removing(name)
+	layer, moved := sn.layout.layer(name), sn.layout.removedLayer(name)
 	t.Cleanup(func() { // only matters when the test fails midway
 		for _, d := range []string{layer, filepath.Join(layer, "sub"), filepath.Join(moved, "sub")} {
 			unix.Unmount(d, unix.MNT_DETACH)
@@ -369,8 +369,8 @@ func TestInterruptedRemoveRestored(t *testing.T) {
 	// Both removals were cut off after their renames: a committed layer,
 	// and an active snapshot's layer and work directory.
 	for _, m := range [][2]string{
-		{sn.layout.layer(name), sn.layout.removing(name)},
-		{sn.layout.layer(activeName), sn.layout.removing(activeName)},
+		{sn.layout.layer(name), sn.layout.removedLayer(name)},
+		{sn.layout.layer(activeName), sn.layout.removedLayer(activeName)},
 		{sn.layout.work(activeName), filepath.Join(sn.layout.workRoot(), removePrefix+activeName)},
 	} {
 		if err := os.Rename(m[0], m[1]); err != nil {

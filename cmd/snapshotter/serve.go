@@ -39,12 +39,9 @@ func serve(ctx context.Context, cfg Config) error {
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
 
-	var opts []snapshotter.Opt
+	opts := []snapshotter.Opt{snapshotter.WithCommitSync(cfg.SyncOnCommit)}
 	if cfg.SyncRemove {
 		opts = append(opts, snapshotter.WithSyncRemove)
-	}
-	if !cfg.SyncOnCommit {
-		opts = append(opts, snapshotter.WithoutCommitSync)
 	}
 	if len(cfg.MountOptions) > 0 {
 		opts = append(opts, snapshotter.WithMountOptions(cfg.MountOptions))

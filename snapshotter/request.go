@@ -1,3 +1,6 @@
+// What a request carries: its key, labels and options, checked before
+// anything is recorded, and a snapshot's fields as Walk's filters see them.
+
 package snapshotter
 
 import (
