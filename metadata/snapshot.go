@@ -125,8 +125,12 @@ type NewSnapshot struct {
 	Parent string         // must name a committed snapshot, or be ""
 	Labels map[string]string
 	// Dir is the short name of the new layer's directory; it must not be
-	// in use (see DirInUse), unless Staged.
+	// in use (see DirInUse), unless Staged. Empty: CreateSnapshot takes the
+	// first name DrawDir draws that no snapshot uses.
 	Dir string
+	// DrawDir draws a candidate directory name (the on-disk layout's
+	// naming), for a Dir left empty.
+	DrawDir func() (string, error)
 	// Staged creates an active snapshot on Dir, the directory of a
 	// committed snapshot (see Snapshot.Staged).
 	Staged bool
@@ -153,6 +157,12 @@ func (t *Tx) CreateSnapshot(n NewSnapshot) (Snapshot, error) {
 	}
 	if t.snapshots.Bucket([]byte(n.Key)) != nil {
 		return Snapshot{}, fmt.Errorf("snapshot %q: %w", n.Key, errdefs.ErrAlreadyExists)
+	}
+	if n.Dir == "" && !n.Staged && n.DrawDir != nil {
+		var err error
+		if n.Dir, err = t.freeDir(n.DrawDir); err != nil {
+			return Snapshot{}, err
+		}
 	}
 	switch {
 	case n.Staged && (n.Kind != snapshots.KindActive || !t.dirCommitted(n.Dir)):
@@ -448,6 +458,21 @@ func (t *Tx) Children(id uint64) []string {
 		kids = append(kids, string(v))
 	}
 	return kids
+}
+
+// freeDir draws directory names until one is free. With names drawn from a
+// large space a second draw is rare; 16 failures mean the drawing is broken.
+func (t *Tx) freeDir(draw func() (string, error)) (string, error) {
+	for range 16 {
+		name, err := draw()
+		if err != nil {
+			return "", err
+		}
+		if !t.DirInUse(name) {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("no free layer directory name after 16 draws")
 }
 
 // DirInUse reports whether a snapshot has the directory name.

@@ -10,17 +10,17 @@ import (
 
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
-
-	"github.com/strata-snapshotter/strata/metadata"
 )
 
-// The directory layout under the root belongs to this file alone:
+// The directory layout under the root: every path is built here, and
+// ownership.go reads the names back.
 //
 //	metadata.db          the index (package metadata)
 //	layers/<dir>         a snapshot's files: overlay's upperdir, or a lowerdir of its children
 //	layers/tmp-*         a layer being built; renamed to <dir> inside the transaction recording it
 //	layers/rm-<dir>      a removed snapshot's layer awaiting deletion
 //	work/<dir>           overlay's workdir, for active snapshots
+//	work/rm-<dir>        a removed snapshot's workdir awaiting deletion
 //	empty/               an empty lower directory for layers unpacked without their parent
 //	probe-*              the overlay mounted once at start to check the kernel and options
 //
@@ -66,6 +66,9 @@ func (l layout) work(name string) string  { return filepath.Join(l.workRoot(), n
 func (l layout) removedLayer(name string) string {
 	return filepath.Join(l.layersRoot(), removePrefix+name)
 }
+func (l layout) removedWork(name string) string {
+	return filepath.Join(l.workRoot(), removePrefix+name)
+}
 func (l layout) tempDir() (string, error)  { return os.MkdirTemp(l.layersRoot(), tempPrefix) }
 func (l layout) probeDir() (string, error) { return os.MkdirTemp(l.root, probePrefix) }
 
@@ -92,21 +95,18 @@ func isLayerName(name string) bool {
 	return true
 }
 
-// newLayerName returns a directory name no snapshot in tx uses.
-func newLayerName(tx *metadata.Tx) (string, error) {
-	for range 16 {
-		var b [nameLen]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return "", err
-		}
-		for i := range b {
-			b[i] = nameAlphabet[int(b[i])%len(nameAlphabet)]
-		}
-		if name := string(b[:]); !tx.DirInUse(name) {
-			return name, nil
-		}
+// drawLayerName draws a random layer directory name: nameLen characters
+// of nameAlphabet. The index picks one no snapshot uses (metadata's
+// NewSnapshot.DrawDir).
+func drawLayerName() (string, error) {
+	var b [nameLen]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("no free layer directory name after 16 tries")
+	for i := range b {
+		b[i] = nameAlphabet[int(b[i])%len(nameAlphabet)]
+	}
+	return string(b[:]), nil
 }
 
 // lockRoot takes an exclusive lock on the root directory, held while a

@@ -326,15 +326,13 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 
 	var ms []mount.Mount
 	err = s.db.Write(func(tx *metadata.Tx) error {
-		n := metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels}
+		n := metadata.NewSnapshot{Key: key, Kind: kind, Parent: parent, Labels: info.Labels, DrawDir: drawLayerName}
 		layer, staged, err := existingLayer(tx, n)
 		if err != nil {
 			return err
 		}
 		if staged {
 			n.Dir, n.Staged = layer.Dir, true
-		} else if n.Dir, err = newLayerName(tx); err != nil {
-			return err
 		}
 		rec, err := tx.CreateSnapshot(n)
 		if err != nil {
@@ -536,7 +534,7 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		// The layer, then its work directory (active snapshots only), go
 		// to rm- names, which no new snapshot can be given.
 		layer := [2]string{s.layout.layer(rec.Dir), s.layout.removedLayer(rec.Dir)}
-		work := [2]string{s.layout.work(rec.Dir), filepath.Join(s.layout.workRoot(), removePrefix+rec.Dir)}
+		work := [2]string{s.layout.work(rec.Dir), s.layout.removedWork(rec.Dir)}
 		for i, m := range [][2]string{layer, work} {
 			err := os.Rename(m[0], m[1])
 			switch {
