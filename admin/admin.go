@@ -109,15 +109,24 @@ type GraphDriver struct {
 
 // Source is what the server reports on: the running snapshotter.
 type Source interface {
+	// Details describes every snapshot, active ones measured.
 	Details(ctx context.Context) ([]snapshotter.Detail, error)
+	// Index describes every snapshot from the index alone.
+	Index(ctx context.Context) ([]snapshotter.Detail, error)
+	// Detail describes one snapshot, measured.
+	Detail(ctx context.Context, key string) (snapshotter.Detail, error)
 }
 
 // Handler serves the API for src.
 func Handler(src Source) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
-		snaps, err := list(r.Context(), src, r.URL.Query().Get("namespace"))
-		reply(w, r, snaps, err)
+		details, err := src.Details(r.Context())
+		if err != nil {
+			reply(w, r, nil, err)
+			return
+		}
+		reply(w, r, list(details, r.URL.Query().Get("namespace")), nil)
 	})
 	mux.HandleFunc("GET /v1/snapshot", func(w http.ResponseWriter, r *http.Request) {
 		key, namespace := r.URL.Query().Get("key"), r.URL.Query().Get("namespace")
@@ -125,16 +134,24 @@ func Handler(src Source) http.Handler {
 			replyError(w, r, http.StatusBadRequest, "key is required: /v1/snapshot?key=KEY")
 			return
 		}
-		all, err := list(r.Context(), src, "")
+		// Names, parents and children from the index; only the one
+		// snapshot found is measured.
+		index, err := src.Index(r.Context())
 		if err != nil {
 			reply(w, r, nil, err)
 			return
 		}
-		s, code, msg := find(all, namespace, key)
+		s, code, msg := find(list(index, ""), namespace, key)
 		if code != http.StatusOK {
 			replyError(w, r, code, msg)
 			return
 		}
+		d, err := src.Detail(r.Context(), s.Key)
+		if err != nil {
+			reply(w, r, nil, err)
+			return
+		}
+		s.Usage = usage(d)
 		reply(w, r, s, nil)
 	})
 	mux.HandleFunc("GET /v1/du", func(w http.ResponseWriter, r *http.Request) {
@@ -235,12 +252,8 @@ func selectNamespace(all []Snapshot, namespace string) []Snapshot {
 func kind(d snapshotter.Detail) string { return strings.ToLower(d.Kind.String()) }
 
 // list turns the snapshotter's details into the API's objects, sorted by
-// key, with children and leaves worked out.
-func list(ctx context.Context, src Source, namespace string) ([]Snapshot, error) {
-	details, err := src.Details(ctx)
-	if err != nil {
-		return nil, err
-	}
+// key, with children and leaves worked out, selecting namespace's.
+func list(details []snapshotter.Detail, namespace string) []Snapshot {
 	children := map[string][]string{}
 	for _, d := range details {
 		if d.Parent != "" {
@@ -259,7 +272,7 @@ func list(ctx context.Context, src Source, namespace string) ([]Snapshot, error)
 			Created:   d.Created,
 			Updated:   d.Updated,
 			Labels:    d.Labels,
-			Usage:     Usage{Bytes: d.Usage.Bytes, AllocatedBytes: d.Usage.Size, Inodes: d.Usage.Inodes},
+			Usage:     usage(d),
 			Leaf:      len(children[d.Name]) == 0,
 			Children:  children[d.Name],
 		}
@@ -277,7 +290,11 @@ func list(ctx context.Context, src Source, namespace string) ([]Snapshot, error)
 		snaps = append(snaps, s)
 	}
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Key < snaps[j].Key })
-	return selectNamespace(snaps, namespace), nil
+	return selectNamespace(snaps, namespace)
+}
+
+func usage(d snapshotter.Detail) Usage {
+	return Usage{Bytes: d.Usage.Bytes, AllocatedBytes: d.Usage.Size, Inodes: d.Usage.Inodes}
 }
 
 func reply(w http.ResponseWriter, r *http.Request, v any, err error) {

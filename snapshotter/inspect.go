@@ -6,6 +6,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/errdefs"
 
 	"github.com/strata-snapshotter/strata/metadata"
 )
@@ -35,9 +36,58 @@ type Detail struct {
 // Details describes every snapshot. Committed layers are not walked; active
 // ones are, outside any transaction.
 func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
+	details, err := s.Index(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range details {
+		if err := measure(ctx, &details[i]); err != nil {
+			return nil, err
+		}
+	}
+	return details, nil
+}
+
+// Detail describes the snapshot key, measuring only its own layer: one
+// inspect does not walk every running container's upper directory.
+func (s *snapshotter) Detail(ctx context.Context, key string) (Detail, error) {
+	details, err := s.index(ctx, func(name string) bool { return name == key })
+	if err != nil {
+		return Detail{}, err
+	}
+	if len(details) == 0 {
+		return Detail{}, fmt.Errorf("snapshot %q: %w", key, errdefs.ErrNotFound)
+	}
+	return details[0], measure(ctx, &details[0])
+}
+
+// Index describes every snapshot from the index alone: an active
+// snapshot's usage is left at zero, unmeasured.
+func (s *snapshotter) Index(ctx context.Context) ([]Detail, error) {
+	return s.index(ctx, func(string) bool { return true })
+}
+
+// measure fills in an active snapshot's usage by walking its directory.
+func measure(ctx context.Context, d *Detail) error {
+	if d.Kind != snapshots.KindActive {
+		return nil
+	}
+	u, err := diskUsage(ctx, d.Dir)
+	if err != nil {
+		return fmt.Errorf("measure usage of %q: %w", d.Name, err)
+	}
+	d.Usage = u
+	return nil
+}
+
+// index describes the snapshots keep selects, from the index alone.
+func (s *snapshotter) index(ctx context.Context, keep func(name string) bool) ([]Detail, error) {
 	var details []Detail
 	err := s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
+			if !keep(rec.Key) {
+				return nil
+			}
 			lowers, err := tx.ChainDirs(rec)
 			if err != nil {
 				return err
@@ -60,20 +110,7 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 			return nil
 		})
 	})
-	if err != nil {
-		return nil, err
-	}
-	for i, d := range details {
-		if d.Kind != snapshots.KindActive {
-			continue
-		}
-		u, err := diskUsage(ctx, d.Dir)
-		if err != nil {
-			return nil, fmt.Errorf("measure usage of %q: %w", d.Name, err)
-		}
-		details[i].Usage = u
-	}
-	return details, nil
+	return details, err
 }
 
 // Stats is a summary of the store from the index alone, cheap enough for

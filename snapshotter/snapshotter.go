@@ -41,12 +41,14 @@ import (
 )
 
 // Snapshotter is what New returns: containerd's snapshotter interface, its
-// Cleaner, which containerd's garbage collector calls, and Details and Stats
-// for the operator's view of the store.
+// Cleaner, which containerd's garbage collector calls, and Details, Index,
+// Detail and Stats for the operator's view of the store.
 type Snapshotter interface {
 	snapshots.Snapshotter
 	snapshots.Cleaner
 	Details(ctx context.Context) ([]Detail, error)
+	Index(ctx context.Context) ([]Detail, error)
+	Detail(ctx context.Context, key string) (Detail, error)
 	Stats(ctx context.Context) (Stats, error)
 }
 
