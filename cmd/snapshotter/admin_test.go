@@ -13,6 +13,7 @@ import (
 
 	"github.com/strata-snapshotter/strata/accounting"
 	"github.com/strata-snapshotter/strata/admin"
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // writeLayer prepares key on parent, writes one file of n bytes through the
@@ -52,7 +53,7 @@ func (d *daemon) subcommand(t *testing.T, args ...string) (string, string, int) 
 // (10 and 20 bytes) and a container (5 bytes) on the first, then checks what
 // ls, tree, inspect and du say about it.
 func TestOperatorCommands(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	d := startDaemon(t, t.TempDir())
 	sn := d.snapshotter()
 	writeLayer(t, sn, "base-active", "", "base", 1000)

@@ -12,13 +12,15 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // TestBadInputGRPCCodes sends each kind of bad request over the socket, as
 // containerd would, and checks the gRPC code the client sees, and that the
 // rejected request left nothing behind on disk.
 func TestBadInputGRPCCodes(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	root := t.TempDir()
 	d := startDaemon(t, root)
 	c := d.client()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/strata-snapshotter/strata/accounting"
 	"github.com/strata-snapshotter/strata/admin"
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // runBinary runs the built strata-snapshotter with args.
@@ -87,7 +88,7 @@ func TestCommandLine(t *testing.T) {
 // Every command finds the daemon from the options before or after it, or
 // from the config file.
 func TestOperatorCommandsByName(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	root := t.TempDir()
 	d := startDaemon(t, root)
 	if out, _, code := d.subcommand(t, "tree"); code != 0 || out != "no snapshots\n" {
@@ -181,7 +182,7 @@ func TestOperatorCommandsByName(t *testing.T) {
 // and AlreadyExists (containerd's ordinary questions) too. The JSON format
 // has containerd's RFC3339Nano timestamps.
 func TestRequestLog(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	provoke := func(t *testing.T, sn snapshots.Snapshotter) {
 		ctx := context.Background()
 		writeLayer(t, sn, "base-active", "", "base", 1)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // parseConfig resolves the daemon's settings from command-line arguments,
@@ -213,7 +215,7 @@ func TestBadConfigExitsOne(t *testing.T) {
 // but that the kernel rejects stops the daemon at start, exit 1, instead of
 // failing every container's mount later.
 func TestBadMountOptionRefusedByKernel(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	cfg := writeConfig(t, `mount_options = ["no_such_overlay_option"]`)
 	d := newDaemon(t, t.TempDir(), "--config", cfg)
 	if code := d.wait(); code != 1 {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/strata-snapshotter/strata/containerdproc"
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // TestContainerdConfigWrite: --write patches the file once, reports
@@ -214,7 +215,7 @@ type fakeContainerd struct {
 // shell that stays its parent, if viaShell) and waits until it listens.
 func startFakeContainerd(t *testing.T, config string, viaShell bool) *fakeContainerd {
 	t.Helper()
-	c := &fakeContainerd{socket: filepath.Join(shortDir(t), "containerd.sock"), exited: make(chan struct{})}
+	c := &fakeContainerd{socket: filepath.Join(testutil.ShortDir(t), "containerd.sock"), exited: make(chan struct{})}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/strata-snapshotter/strata/admin"
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // crashModel is what the client was told: the commits and removals strata
@@ -273,7 +274,7 @@ func verify(t *testing.T, d *daemon, m *crashModel) int {
 // acknowledged removal stayed removed; at the end, after Cleanup, fsck finds
 // the store clean.
 func TestCrashConsistency(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	if testing.Short() {
 		t.Skip("slow: skipped by -short (make unit)")
 	}

@@ -63,18 +63,6 @@ type daemon struct {
 	err    error // the process's exit status, once exited is closed
 }
 
-// shortDir returns a new directory with a short path: unix socket paths must
-// stay under 108 bytes, which t.TempDir's long names can exceed.
-func shortDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "strata-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 // startDaemon runs the binary with args (plus --root and --address unless
 // given) and, unless the caller expects failure, waits until it logs that it
 // serves.
@@ -283,11 +271,4 @@ func (d *daemon) client() snapshotsapi.SnapshotsClient {
 // proxy_plugins entry.
 func (d *daemon) snapshotter() snapshots.Snapshotter {
 	return proxy.NewSnapshotter(d.client(), "strata")
-}
-
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("requires root (the daemon mounts overlayfs)")
-	}
 }

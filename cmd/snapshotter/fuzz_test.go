@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/strata-snapshotter/strata/internal/testutil"
 	"github.com/strata-snapshotter/strata/snapshotter"
 )
 
@@ -83,9 +84,7 @@ func tree(t *testing.T, dir string) string {
 // documented codes; the server must not panic; nothing may appear outside
 // the root; and a rejected request must leave the disk as it was.
 func FuzzSnapshotsAPI(f *testing.F) {
-	if os.Geteuid() != 0 {
-		f.Skip("requires root (mounts overlayfs)")
-	}
+	testutil.RequiresRoot(f)
 	for _, seed := range [][6]string{
 		{"key", "", "label", "value", "labels.label", "name==key"},
 		{"", "", "", "", "", ""},
@@ -115,7 +114,7 @@ func FuzzSnapshotsAPI(f *testing.F) {
 // TestHugeInputs: megabyte keys, parents, labels, fieldpaths and filters get
 // the same treatment as FuzzSnapshotsAPI's inputs.
 func TestHugeInputs(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	long := strings.Repeat("k", 1<<20)
 	for _, in := range [][6]string{
 		{long, long, "l", "v", "labels." + long, long},

@@ -13,12 +13,14 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"google.golang.org/grpc"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // TestSocketPermissions: the socket's directory is 0700 and the socket 0600.
 func TestSocketPermissions(t *testing.T) {
-	requireRoot(t)
-	dir := filepath.Join(shortDir(t), "run", "strata")
+	testutil.RequiresRoot(t)
+	dir := filepath.Join(testutil.ShortDir(t), "run", "strata")
 	d := startDaemon(t, t.TempDir(), "--address", filepath.Join(dir, "s.sock"))
 	for path, want := range map[string]os.FileMode{dir: 0o700, d.address: 0o600} {
 		fi, err := os.Stat(path)
@@ -38,7 +40,7 @@ func TestSocketPermissions(t *testing.T) {
 // TestSocketInUseRefused: a second daemon on the address of a live one exits
 // 1 naming the address, and the first keeps serving.
 func TestSocketInUseRefused(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	first := startDaemon(t, t.TempDir())
 	second := newDaemon(t, t.TempDir(), "--address", first.address)
 	if code := second.wait(); code != 1 {
@@ -56,8 +58,8 @@ func TestSocketInUseRefused(t *testing.T) {
 // TestStaleSocketReplaced: a socket file nobody listens on (left by a crash)
 // is replaced.
 func TestStaleSocketReplaced(t *testing.T) {
-	requireRoot(t)
-	address := filepath.Join(shortDir(t), "s.sock")
+	testutil.RequiresRoot(t)
+	address := filepath.Join(testutil.ShortDir(t), "s.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: address, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
@@ -76,8 +78,8 @@ func TestStaleSocketReplaced(t *testing.T) {
 
 // TestNonSocketRefused: a path that is not a socket is never replaced.
 func TestNonSocketRefused(t *testing.T) {
-	requireRoot(t)
-	address := filepath.Join(shortDir(t), "s.sock")
+	testutil.RequiresRoot(t)
+	address := filepath.Join(testutil.ShortDir(t), "s.sock")
 	if err := os.WriteFile(address, []byte("precious"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +124,7 @@ func slowReader(t *testing.T, d *daemon) snapshotsapi.Snapshots_ListClient {
 // TestGracefulStop: on SIGTERM the daemon lets an in-flight call finish, then
 // closes the index and exits 0.
 func TestGracefulStop(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	root := t.TempDir()
 	d := startDaemon(t, root)
 	const n = 300
@@ -177,7 +179,7 @@ func TestGracefulStop(t *testing.T) {
 // TestShutdownDeadline: a call that does not finish within shutdown_timeout
 // is cancelled and the daemon still exits 0.
 func TestShutdownDeadline(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	cfg := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(cfg, []byte("shutdown_timeout = \"200ms\"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 
+	"github.com/strata-snapshotter/strata/internal/testutil"
 	"github.com/strata-snapshotter/strata/metrics"
 	"github.com/strata-snapshotter/strata/snapshotter"
 )
@@ -49,8 +50,8 @@ func metric(t *testing.T, text, sample string) float64 {
 // TestMetricsMove: the daemon's metrics count calls per method, failures per
 // gRPC code, time them, and report the store; /healthz answers.
 func TestMetricsMove(t *testing.T) {
-	requireRoot(t)
-	socket := filepath.Join(shortDir(t), "metrics.sock")
+	testutil.RequiresRoot(t)
+	socket := filepath.Join(testutil.ShortDir(t), "metrics.sock")
 	d := startDaemon(t, t.TempDir(), "--metrics-address", socket)
 	c := d.client()
 	ctx := context.Background()
@@ -126,7 +127,7 @@ func TestMetricsMove(t *testing.T) {
 
 // TestHealthFailsWithIndexClosed: once the index is closed, /healthz says so.
 func TestHealthFailsWithIndexClosed(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	d := startDaemon(t, t.TempDir())
 	sn, err := snapshotter.New(context.Background(), t.TempDir())
 	if err != nil {
@@ -162,8 +163,8 @@ func TestHealthFailsWithIndexClosed(t *testing.T) {
 // Type=notify, the daemon sends READY=1 once it serves and STOPPING=1 on
 // SIGTERM.
 func TestSystemdNotify(t *testing.T) {
-	requireRoot(t)
-	sock := filepath.Join(shortDir(t), "notify.sock")
+	testutil.RequiresRoot(t)
+	sock := filepath.Join(testutil.ShortDir(t), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/strata-snapshotter/strata/admin"
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // fsckCmd runs the binary's fsck on root and returns its output and exit code.
@@ -61,7 +62,7 @@ func refusesEveryStart(t *testing.T, root, want string) {
 // no index refuses on every start, saying what to do; fsck says the same;
 // after fsck --discard-unindexed it starts an empty store.
 func TestLostIndexRefusedUntilOperatorActs(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	root := storeWithLayer(t)
 	before := onDisk(t, root)
 	if err := os.Remove(filepath.Join(root, "metadata.db")); err != nil {
@@ -89,7 +90,7 @@ func TestLostIndexRefusedUntilOperatorActs(t *testing.T) {
 // every start with exit code 1 and a message, not a crash, and are left as
 // they were.
 func TestDamagedIndexRefused(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	for name, damage := range map[string]func(string) error{
 		"truncated to half":     func(p string) error { fi, _ := os.Stat(p); return os.Truncate(p, fi.Size()/2) },
 		"truncated to one page": func(p string) error { return os.Truncate(p, 4096) },
@@ -134,8 +135,8 @@ func TestDamagedIndexRefused(t *testing.T) {
 // sockets side by side in one directory, serve at the same time, and the
 // operator commands reach each one by its --address or its config file.
 func TestTwoDaemons(t *testing.T) {
-	requireRoot(t)
-	dir := shortDir(t)
+	testutil.RequiresRoot(t)
+	dir := testutil.ShortDir(t)
 	stores := map[string]string{"a": "layer-of-a", "b": "layer-of-b"}
 	daemons := map[string]*daemon{}
 	for name, layer := range stores {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // TestSuiteOverSocket runs containerd's snapshotter test suite against the
@@ -14,7 +16,7 @@ import (
 // test of the suite gets its own daemon, stopped with SIGTERM at the end,
 // which must exit 0.
 func TestSuiteOverSocket(t *testing.T) {
-	requireRoot(t)
+	testutil.RequiresRoot(t)
 	if testing.Short() {
 		t.Skip("slow: skipped by -short (make unit)")
 	}
