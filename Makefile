@@ -20,7 +20,7 @@ CONFIG   := $(DESTDIR)/etc/strata/config.toml
 # (of whichever version installed it) from an edited one.
 PRISTINE := $(DESTDIR)$(PREFIX)/share/strata/config.toml.installed
 
-.PHONY: all build test unit integration bench fuzz tools vet clean install uninstall image
+.PHONY: all build test check unit integration bench fuzz tools vet clean install uninstall image
 
 all: build
 
@@ -40,10 +40,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzSnapshotsAPI -fuzztime $(FUZZTIME) ./cmd/snapshotter
 
 # strata under containerd, ctr, nerdctl, BuildKit, CRI and a real
-# single-node Kubernetes. The first run builds the tools
-# (integration/tools/install.sh, about 7 minutes, and kubernetes.sh, about
-# 12).
-integration: tools
+# single-node Kubernetes. The first run builds the tools (the tests' TestMain
+# runs integration/tools/install.sh, about 7 minutes, kubernetes.sh, about
+# 12, and runc.sh; cached after).
+integration:
 	$(GO) test -count=1 -timeout 45m ./integration/
 
 # strata against containerd's overlayfs, side by side (BENCHMARKS.md): the
@@ -64,10 +64,17 @@ tools:
 	integration/tools/kubernetes.sh >/dev/null
 	integration/tools/runc.sh >/dev/null
 
-# The fast subset: skips containerd's suites, the 500-layer chain and the
-# integration tests.
+# The edit-test loop: every test but the integration tests and the fuzzing,
+# with the race detector (containerd's suites and the 500-layer chain
+# included; about 2 minutes). Tests that need root skip without it, and the
+# report says which and why.
+check:
+	$(GO) test -race -count=1 -json $(PACKAGES) | $(GO) run ./internal/testreport
+
+# The fast subset of check: skips containerd's suites and the 500-layer
+# chain too.
 unit:
-	$(GO) test -short -count=1 ./...
+	$(GO) test -race -short -count=1 -json $(PACKAGES) | $(GO) run ./internal/testreport
 
 vet:
 	$(GO) vet ./...
