@@ -29,9 +29,10 @@ import (
 	"github.com/strata-snapshotter/strata/snapshotter"
 )
 
-// serve runs the daemon until SIGINT or SIGTERM: it opens the snapshotter,
-// serves it on cfg.Address, and on a signal stops accepting, lets in-flight
-// calls finish for up to cfg.ShutdownTimeout, and closes the index.
+// serve runs the daemon until SIGINT or SIGTERM: it claims its sockets,
+// opens the snapshotter, serves it, and on a signal stops accepting, lets
+// in-flight calls finish for up to cfg.ShutdownTimeout, and closes the
+// index.
 func serve(ctx context.Context, cfg Config) error {
 	// Subscribe before anything slow, so a signal during start-up is not
 	// lost to the default handler.
@@ -39,28 +40,15 @@ func serve(ctx context.Context, cfg Config) error {
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
 
-	opts := []snapshotter.Opt{snapshotter.WithCommitSync(cfg.SyncOnCommit)}
-	if cfg.SyncRemove {
-		opts = append(opts, snapshotter.WithSyncRemove)
-	}
-	if len(cfg.MountOptions) > 0 {
-		opts = append(opts, snapshotter.WithMountOptions(cfg.MountOptions))
-	}
-	// Claim the socket before opening the store, so a second daemon aimed
-	// at a live one is refused without touching its root.
-	l, err := listen(cfg.Address)
+	// Claim every socket before opening the store, so a second daemon
+	// aimed at a live one is refused without touching its root.
+	ls, err := claimSockets(cfg)
 	if err != nil {
 		return err
 	}
-	adminL, err := listen(cfg.AdminAddress)
+	defer ls.close()
+	sn, err := snapshotter.New(ctx, cfg.Root, snapshotterOptions(cfg)...)
 	if err != nil {
-		l.Close()
-		return err
-	}
-	sn, err := snapshotter.New(ctx, cfg.Root, opts...)
-	if err != nil {
-		l.Close()
-		adminL.Close()
 		return fmt.Errorf("open snapshotter at %s: %w", cfg.Root, err)
 	}
 	defer func() {
@@ -69,34 +57,7 @@ func serve(ctx context.Context, cfg Config) error {
 		}
 	}()
 
-	m := metrics.New(sn, buildVersion())
-	srv := newGRPCServer(sn, grpc.ChainUnaryInterceptor(m.UnaryInterceptor, logUnary), grpc.ChainStreamInterceptor(m.StreamInterceptor, logStream))
-
-	adminSrv := &http.Server{Handler: admin.Handler(sn), ReadHeaderTimeout: 10 * time.Second}
-
-	served := make(chan error, 2)
-	go func() { served <- srv.Serve(l) }()
-	go func() {
-		if err := adminSrv.Serve(adminL); !errors.Is(err, http.ErrServerClosed) {
-			served <- fmt.Errorf("admin: %w", err)
-		}
-	}()
-
-	var metricsSrv *http.Server
-	if cfg.MetricsAddress != "" {
-		ml, err := listenMetrics(cfg.MetricsAddress)
-		if err != nil {
-			srv.Stop()
-			adminSrv.Close()
-			return err
-		}
-		metricsSrv = &http.Server{Handler: m.Handler(healthCheck(sn, cfg.Address)), ReadHeaderTimeout: 10 * time.Second}
-		go func() {
-			if err := metricsSrv.Serve(ml); !errors.Is(err, http.ErrServerClosed) {
-				served <- fmt.Errorf("metrics: %w", err)
-			}
-		}()
-	}
+	srvs, served := start(sn, cfg, ls)
 	log.G(ctx).WithFields(log.Fields{
 		"address": cfg.Address, "admin_address": cfg.AdminAddress, "metrics_address": cfg.MetricsAddress,
 		"root": cfg.Root, "log_level": cfg.LogLevel, "version": buildVersion(),
@@ -108,39 +69,126 @@ func serve(ctx context.Context, cfg Config) error {
 
 	select {
 	case err := <-served:
+		srvs.stop()
 		return fmt.Errorf("serve %s: %w", cfg.Address, err)
 	case sig := <-signals:
 		log.G(ctx).WithField("signal", sig.String()).Info("shutting down")
 	}
 	sdnotify.SdNotify(false, sdnotify.SdNotifyStopping)
-	if metricsSrv != nil {
-		defer metricsSrv.Close()
+	srvs.shutdown(ctx, cfg.ShutdownTimeout.Duration)
+	return nil
+}
+
+func snapshotterOptions(cfg Config) []snapshotter.Opt {
+	opts := []snapshotter.Opt{snapshotter.WithCommitSync(cfg.SyncOnCommit)}
+	if cfg.SyncRemove {
+		opts = append(opts, snapshotter.WithSyncRemove)
 	}
-	deadline, cancel := context.WithTimeout(ctx, cfg.ShutdownTimeout.Duration)
+	if len(cfg.MountOptions) > 0 {
+		opts = append(opts, snapshotter.WithMountOptions(cfg.MountOptions))
+	}
+	return opts
+}
+
+// listeners are the daemon's sockets: the Snapshots API, the admin API and,
+// when configured, metrics.
+type listeners struct {
+	api, admin, metrics net.Listener
+}
+
+func claimSockets(cfg Config) (ls listeners, err error) {
+	defer func() {
+		if err != nil {
+			ls.close()
+		}
+	}()
+	if ls.api, err = listen(cfg.Address); err != nil {
+		return ls, err
+	}
+	if ls.admin, err = listen(cfg.AdminAddress); err != nil {
+		return ls, err
+	}
+	if cfg.MetricsAddress != "" {
+		ls.metrics, err = listenMetrics(cfg.MetricsAddress)
+	}
+	return ls, err
+}
+
+// close closes the listeners (again, harmlessly, after their servers have):
+// a stop that came before a Serve goroutine ran leaves that goroutine to
+// close its listener, which would unlink the socket only if it ran before
+// the process exits.
+func (ls listeners) close() {
+	for _, l := range []net.Listener{ls.api, ls.admin, ls.metrics} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// servers are the daemon's three servers.
+type servers struct {
+	api            *grpc.Server
+	admin, metrics *http.Server
+}
+
+// start serves sn on the listeners; served reports the first server that
+// stops on its own.
+func start(sn snapshotter.Snapshotter, cfg Config, ls listeners) (servers, <-chan error) {
+	m := metrics.New(sn, buildVersion())
+	srvs := servers{
+		api:   newGRPCServer(sn, grpc.ChainUnaryInterceptor(m.UnaryInterceptor, logUnary), grpc.ChainStreamInterceptor(m.StreamInterceptor, logStream)),
+		admin: &http.Server{Handler: admin.Handler(sn), ReadHeaderTimeout: 10 * time.Second},
+	}
+	served := make(chan error, 3)
+	go func() { served <- srvs.api.Serve(ls.api) }()
+	serveHTTP := func(name string, srv *http.Server, l net.Listener) {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			served <- fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	go serveHTTP("admin", srvs.admin, ls.admin)
+	if ls.metrics != nil {
+		srvs.metrics = &http.Server{Handler: m.Handler(healthCheck(sn, cfg.Address)), ReadHeaderTimeout: 10 * time.Second}
+		go serveHTTP("metrics", srvs.metrics, ls.metrics)
+	}
+	return srvs, served
+}
+
+// stop closes every server at once.
+func (s servers) stop() {
+	s.api.Stop()
+	s.admin.Close()
+	if s.metrics != nil {
+		s.metrics.Close()
+	}
+}
+
+// shutdown stops accepting and lets in-flight calls finish for up to
+// timeout, then cancels them; metrics (and /healthz) answer until the end.
+func (s servers) shutdown(ctx context.Context, timeout time.Duration) {
+	if s.metrics != nil {
+		defer s.metrics.Close()
+	}
+	deadline, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	stopped := make(chan struct{})
 	go func() {
-		srv.GracefulStop()
+		s.api.GracefulStop()
 		close(stopped)
 	}()
 	adminStopped := make(chan error, 1)
-	go func() { adminStopped <- adminSrv.Shutdown(deadline) }()
+	go func() { adminStopped <- s.admin.Shutdown(deadline) }()
 	select {
 	case <-stopped:
 	case <-deadline.Done():
-		log.G(ctx).WithField("timeout", cfg.ShutdownTimeout.String()).Warn("in-flight calls did not finish in time; cancelling them")
-		srv.Stop()
+		log.G(ctx).WithField("timeout", timeout.String()).Warn("in-flight calls did not finish in time; cancelling them")
+		s.api.Stop()
 		<-stopped
 	}
 	if err := <-adminStopped; err != nil {
-		adminSrv.Close()
+		s.admin.Close()
 	}
-	// A stop that came before a Serve goroutine ran leaves that goroutine
-	// to close its listener, which would unlink the socket only if it ran
-	// before the process exits: close them here (again, harmlessly).
-	l.Close()
-	adminL.Close()
-	return nil
 }
 
 // newGRPCServer serves containerd's Snapshots API for sn. Interceptors in
