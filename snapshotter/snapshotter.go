@@ -296,33 +296,16 @@ func (s *snapshotter) View(ctx context.Context, key, parent string, opts ...snap
 }
 
 func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, parent string, opts []snapshots.Opt) (_ []mount.Mount, err error) {
-	if err := validateKey("key", key); err != nil {
-		return nil, err
-	}
-	if parent != "" {
-		if err := validateKey("parent", parent); err != nil {
-			return nil, err
-		}
-	}
-	info, err := applyOpts(opts)
+	info, err := checkCreate(key, parent, opts)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := mappingOf(info.Labels); err != nil {
-		return nil, err
-	}
-
-	// undo reverses, newest first, what the transaction did on disk when
-	// the transaction does not commit.
-	var undo []func() error
+	// undo reverses what the transaction did on disk when the transaction
+	// does not commit.
+	var undo undoStack
 	defer func() {
-		if err == nil {
-			return
-		}
-		for i := len(undo) - 1; i >= 0; i-- {
-			if uerr := undo[i](); uerr != nil {
-				log.G(ctx).WithError(uerr).WithField("key", key).Error("failed to undo a snapshot that was not created; Cleanup will retry")
-			}
+		if err != nil {
+			undo.run(ctx, key)
 		}
 	}()
 
@@ -362,15 +345,50 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 	return ms, nil
 }
 
+// checkCreate checks a Prepare's or View's request before anything is
+// recorded, and returns the options it carries.
+func checkCreate(key, parent string, opts []snapshots.Opt) (snapshots.Info, error) {
+	if err := validateKey("key", key); err != nil {
+		return snapshots.Info{}, err
+	}
+	if parent != "" {
+		if err := validateKey("parent", parent); err != nil {
+			return snapshots.Info{}, err
+		}
+	}
+	info, err := applyOpts(opts)
+	if err != nil {
+		return snapshots.Info{}, err
+	}
+	if _, err := mappingOf(info.Labels); err != nil {
+		return snapshots.Info{}, err
+	}
+	return info, nil
+}
+
+// undoStack holds what to reverse, newest first, when a transaction that
+// made things on disk does not commit.
+type undoStack []func() error
+
+func (u *undoStack) push(f func() error) { *u = append(*u, f) }
+
+func (u undoStack) run(ctx context.Context, key string) {
+	for i := len(u) - 1; i >= 0; i-- {
+		if err := u[i](); err != nil {
+			log.G(ctx).WithError(err).WithField("key", key).Error("failed to undo a snapshot that was not created; Cleanup will retry")
+		}
+	}
+}
+
 // makeDirs builds rec's directory under a temporary name and renames it
 // into place, with a work directory for an active snapshot; what it made is
 // pushed on undo.
-func (s *snapshotter) makeDirs(rec metadata.Snapshot, lowers []string, mapping *idMapping, undo *[]func() error) error {
+func (s *snapshotter) makeDirs(rec metadata.Snapshot, lowers []string, mapping *idMapping, undo *undoStack) error {
 	td, err := s.layout.tempDir()
 	if err != nil {
 		return fmt.Errorf("create snapshot directory: %w", err)
 	}
-	*undo = append(*undo, func() error { return os.RemoveAll(td) })
+	undo.push(func() error { return os.RemoveAll(td) })
 	if err := s.populate(td, lowers, mapping); err != nil {
 		return err
 	}
@@ -384,13 +402,13 @@ func (s *snapshotter) makeDirs(rec metadata.Snapshot, lowers []string, mapping *
 		if err := os.Mkdir(work, 0o711); err != nil {
 			return fmt.Errorf("create work directory: %w", err)
 		}
-		*undo = append(*undo, func() error { return os.RemoveAll(work) })
+		undo.push(func() error { return os.RemoveAll(work) })
 	}
 	dir := s.layout.layer(rec.Dir)
 	if err := os.Rename(td, dir); err != nil {
 		return fmt.Errorf("move snapshot directory into place: %w", err)
 	}
-	*undo = append(*undo, func() error { return os.RemoveAll(dir) })
+	undo.push(func() error { return os.RemoveAll(dir) })
 	return nil
 }
 
