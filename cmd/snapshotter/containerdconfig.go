@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -25,36 +26,71 @@ import (
 // address and root come from strata's config, as the daemon reads them.
 func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "containerd-config", stdout, stderr)
-	file := setting{value: containerdproc.DefaultConfig, path: true}
-	fl.Var(&file, "file", "containerd's config `FILE`")
-	create := fl.Bool("create", false, "start --file as a new version 3 config when it does not exist (its directory must)")
-	cri := fl.Bool("cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes' default-snapshotter mode)")
-	handler := fl.String("runtime-handler", "", "add a CRI runtime handler of this `NAME`, the default runtime with strata as its snapshotter (for a Kubernetes RuntimeClass)")
-	bootstrap := fl.String("bootstrap-handler", "", "with --cri and --runtime-handler: keep this CRI runtime handler (`NAME`, usually runc) on containerd's overlayfs for strata's own pod, and make --runtime-handler the default runtime")
-	write := fl.Bool("write", false, "replace the file (keeping the original as FILE.strata-backup-TIME) instead of printing the result")
-	restart := fl.Bool("restart", false, "with --write: when the file changed, or containerd started before its last change, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back. Refused before anything changes when that containerd reads another file or nothing would start it again")
-	containerdAddress := setting{value: "/run/containerd/containerd.sock", path: true}
-	fl.Var(&containerdAddress, "containerd-address", "containerd's `SOCKET`, for --restart")
-	restartTimeout := fl.Duration("restart-timeout", 2*time.Minute, "how long (`D`, such as 2m) --restart waits for containerd to stop and come back")
-	podUID := fl.String("pod-uid", "", "with --restart, run as the init container of the pod with this `UID`: first wait until containerd's CRI reports this container running, so the kubelet's start of it is answered before containerd restarts")
+	var o containerdConfigOptions
+	o.register(fl)
 	if _, code, ok := parseArgs(fl, args, 0); !ok {
 		return code
 	}
-	if *restart && !*write {
+	if o.restart && !o.write {
 		fmt.Fprintln(stderr, "strata-snapshotter containerd-config: --restart needs --write")
 		return exitUsage
 	}
-	fail := func(err error) int {
+	err := func() error {
+		cfg, err := g.load()
+		if err != nil {
+			return err
+		}
+		p, err := o.patch(cfg, stderr)
+		switch {
+		case err != nil:
+			return err
+		case !o.write:
+			p.preview(stdout, stderr)
+			return nil
+		}
+		return o.writeAndRestart(p, stdout, stderr)
+	}()
+	if err != nil {
 		fmt.Fprintf(stderr, "strata-snapshotter containerd-config: %v\n", err)
 		return exitFailure
 	}
-	cfg, err := g.load()
+	return 0
+}
+
+type containerdConfigOptions struct {
+	file, containerdAddress     setting
+	create, cri, write, restart bool
+	handler, bootstrap, podUID  string
+	restartTimeout              time.Duration
+}
+
+func (o *containerdConfigOptions) register(fl *flag.FlagSet) {
+	o.file = setting{value: containerdproc.DefaultConfig, path: true}
+	o.containerdAddress = setting{value: "/run/containerd/containerd.sock", path: true}
+	fl.Var(&o.file, "file", "containerd's config `FILE`")
+	fl.BoolVar(&o.create, "create", false, "start --file as a new version 3 config when it does not exist (its directory must)")
+	fl.BoolVar(&o.cri, "cri", false, "make strata the snapshotter of containerd's CRI plugin (Kubernetes' default-snapshotter mode)")
+	fl.StringVar(&o.handler, "runtime-handler", "", "add a CRI runtime handler of this `NAME`, the default runtime with strata as its snapshotter (for a Kubernetes RuntimeClass)")
+	fl.StringVar(&o.bootstrap, "bootstrap-handler", "", "with --cri and --runtime-handler: keep this CRI runtime handler (`NAME`, usually runc) on containerd's overlayfs for strata's own pod, and make --runtime-handler the default runtime")
+	fl.BoolVar(&o.write, "write", false, "replace the file (keeping the original as FILE.strata-backup-TIME) instead of printing the result")
+	fl.BoolVar(&o.restart, "restart", false, "with --write: when the file changed, or containerd started before its last change, restart the containerd listening on --containerd-address (SIGTERM; its service manager starts it again) and wait until it is back. Refused before anything changes when that containerd reads another file or nothing would start it again")
+	fl.Var(&o.containerdAddress, "containerd-address", "containerd's `SOCKET`, for --restart")
+	fl.DurationVar(&o.restartTimeout, "restart-timeout", 2*time.Minute, "how long (`D`, such as 2m) --restart waits for containerd to stop and come back")
+	fl.StringVar(&o.podUID, "pod-uid", "", "with --restart, run as the init container of the pod with this `UID`: first wait until containerd's CRI reports this container running, so the kubelet's start of it is answered before containerd restarts")
+}
+
+// patched is containerd's config file with strata registered.
+type patched struct {
+	out     []byte
+	changed bool
+	mode    os.FileMode
+	existed bool
+}
+
+func (o *containerdConfigOptions) patch(cfg Config, stderr io.Writer) (patched, error) {
+	in, mode, existed, err := readContainerdConfig(o.file.value, o.create)
 	if err != nil {
-		return fail(err)
-	}
-	in, mode, existed, err := readContainerdConfig(file.value, *create)
-	if err != nil {
-		return fail(err)
+		return patched{}, err
 	}
 	// remap-ids only where the kernel does idmapped mounts; elsewhere
 	// containerd falls back to copying the image for a user namespace.
@@ -62,32 +98,40 @@ func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) in
 	if !remap {
 		fmt.Fprintf(stderr, "idmapped mounts unsupported here (%v): not advertising remap-ids; containerd copies the image, chowned, for each user namespace\n", err)
 	}
-	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: cfg.Address, Root: cfg.Root, CRI: *cri, RemapIDs: remap, RuntimeHandler: *handler, BootstrapHandler: *bootstrap})
+	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: cfg.Address, Root: cfg.Root, CRI: o.cri, RemapIDs: remap, RuntimeHandler: o.handler, BootstrapHandler: o.bootstrap})
 	if err != nil {
-		return fail(fmt.Errorf("%s: %w", file.value, err))
+		return patched{}, fmt.Errorf("%s: %w", o.file.value, err)
 	}
-	if !*write {
-		stdout.Write(out)
-		if changed {
-			fmt.Fprintf(stderr, "changed: write it with --write; containerd needs a restart then\n")
-		} else {
-			fmt.Fprintln(stderr, "unchanged")
-		}
-		return 0
+	return patched{out: out, changed: changed, mode: mode, existed: existed}, nil
+}
+
+// preview prints the patched file, to review.
+func (p patched) preview(stdout, stderr io.Writer) {
+	stdout.Write(p.out)
+	if p.changed {
+		fmt.Fprintf(stderr, "changed: write it with --write; containerd needs a restart then\n")
+	} else {
+		fmt.Fprintln(stderr, "unchanged")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *restartTimeout)
+}
+
+// writeAndRestart replaces the file when it changed and, with --restart,
+// restarts containerd when it has not read the file: every reason to refuse
+// the restart is found before the file is touched.
+func (o *containerdConfigOptions) writeAndRestart(p patched, stdout, stderr io.Writer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), o.restartTimeout)
 	defer cancel()
-	var target restartTarget
-	if *restart {
-		// Every reason to refuse comes before the file is touched.
-		if target, err = findRestartTarget(ctx, containerdAddress.value, file.value); err != nil {
-			return fail(err)
+	var plan containerdproc.Plan
+	if o.restart {
+		var err error
+		if plan, err = containerdproc.PlanRestart(ctx, o.containerdAddress.value, o.file.value); err != nil {
+			return fmt.Errorf("--restart: %w", err)
 		}
 	}
-	if changed {
-		backup, err := replaceFile(file.value, out, mode, existed)
+	if p.changed {
+		backup, err := replaceFile(o.file.value, p.out, p.mode, p.existed)
 		if err != nil {
-			return fail(err)
+			return err
 		}
 		if backup != "" {
 			fmt.Fprintf(stderr, "kept the original as %s\n", backup)
@@ -96,39 +140,28 @@ func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) in
 	} else {
 		fmt.Fprintln(stdout, "unchanged")
 	}
-	if !*restart || !target.running {
-		if *restart {
-			fmt.Fprintf(stderr, "no containerd listens on %s; it reads the file when it starts\n", containerdAddress.value)
-		}
-		return 0
+	if !o.restart {
+		return nil
 	}
-	if !changed {
-		// A run cut off between writing the file and restarting containerd
-		// (killed, or timed out waiting) leaves a containerd that never read
-		// it: restart one that started before the file's last change. A
-		// second's margin covers the clocks' resolution; after a restart
-		// containerd starts well after the write.
-		fi, err := os.Stat(file.value)
-		if err != nil {
-			return fail(err)
-		}
-		if !target.started.Before(fi.ModTime().Add(-time.Second)) {
-			return 0
-		}
-		fmt.Fprintf(stdout, "containerd started %s, before the config's last change at %s\n",
-			target.started.UTC().Format(time.RFC3339), fi.ModTime().UTC().Format(time.RFC3339))
+	if !plan.Running {
+		fmt.Fprintf(stderr, "no containerd listens on %s; it reads the file when it starts\n", plan.Socket)
+		return nil
 	}
-	if err := containerdproc.WaitStartAnswered(ctx, containerdAddress.value, *podUID, os.Getpid()); err != nil {
-		return fail(err)
+	why, err := plan.Why(p.changed)
+	if err != nil || why == "" {
+		return err // nil and no reason: containerd has read the file
 	}
-	restarted, err := containerdproc.Restart(ctx, containerdAddress.value)
-	if err != nil {
-		return fail(err)
+	if !p.changed {
+		fmt.Fprintln(stdout, why)
 	}
+	if err := containerdproc.WaitStartAnswered(ctx, plan.Socket, o.podUID, os.Getpid()); err != nil {
+		return err
+	}
+	restarted, err := containerdproc.Restart(ctx, plan.Socket)
 	if restarted {
 		fmt.Fprintln(stdout, "containerd restarted")
 	}
-	return 0
+	return err
 }
 
 // readContainerdConfig reads containerd's config and its mode. A missing
@@ -152,34 +185,6 @@ func readContainerdConfig(file string, create bool) (in []byte, mode os.FileMode
 		return nil, 0, false, err
 	}
 	return in, fi.Mode().Perm(), true, nil
-}
-
-// restartTarget is the containerd --restart would restart.
-type restartTarget struct {
-	running bool
-	started time.Time
-}
-
-// findRestartTarget checks, before anything changes, that a restart of the
-// containerd on socket would do what it is for: that containerd reads file,
-// and something starts it again once it stops. Nothing listening is fine:
-// containerd reads the file when it starts.
-func findRestartTarget(ctx context.Context, socket, file string) (restartTarget, error) {
-	p, running, err := containerdproc.Find(ctx, socket)
-	if err != nil || !running {
-		return restartTarget{}, err
-	}
-	if err := p.Reads(file); err != nil {
-		return restartTarget{}, fmt.Errorf("--restart: %w", err)
-	}
-	if err := p.Supervised(); err != nil {
-		return restartTarget{}, fmt.Errorf("--restart: %w", err)
-	}
-	started, err := containerdproc.StartTime(p.PID)
-	if err != nil {
-		return restartTarget{}, err
-	}
-	return restartTarget{running: true, started: started}, nil
 }
 
 // replaceFile replaces file atomically, so containerd never reads half of
