@@ -113,17 +113,6 @@ func waitExit(ctx context.Context, pidfd int) error {
 	}
 }
 
-// Started returns when the containerd listening on socket started; running
-// is false when nothing listens there.
-func Started(ctx context.Context, socket string) (started time.Time, running bool, err error) {
-	pid, running, err := listenerPID(ctx, socket)
-	if err != nil || !running {
-		return time.Time{}, false, err
-	}
-	started, err = StartTime(pid)
-	return started, err == nil, err
-}
-
 // listenerPID returns the PID of the containerd listening on socket; running
 // is false when nothing does (no socket, or a stale one).
 func listenerPID(ctx context.Context, socket string) (pid int, running bool, err error) {

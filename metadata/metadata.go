@@ -358,9 +358,6 @@ func (db *DB) Close() error {
 	return db.db.Close()
 }
 
-// Path is the file the index lives in.
-func (db *DB) Path() string { return db.db.Path() }
-
 // View runs fn in a read-only transaction.
 func (db *DB) View(fn func(*Tx) error) error {
 	return db.db.View(func(tx *bolt.Tx) error { return fn(newTx(tx)) })
@@ -395,7 +392,7 @@ func newTx(tx *bolt.Tx) *Tx {
 	}
 }
 
-// SchemaVersion returns the version recorded in the file.
-func (t *Tx) SchemaVersion() uint32 {
+// storedSchema returns the version recorded in the file.
+func (t *Tx) storedSchema() uint32 {
 	return binary.BigEndian.Uint32(t.tx.Bucket(bucketRoot).Get(keySchema))
 }

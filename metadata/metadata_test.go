@@ -62,7 +62,7 @@ func commit(t *testing.T, db *DB, key, name string) Snapshot {
 func TestSchemaVersion(t *testing.T) {
 	db, path := openTest(t)
 	if err := db.View(func(tx *Tx) error {
-		if v := tx.SchemaVersion(); v != SchemaVersion {
+		if v := tx.storedSchema(); v != SchemaVersion {
 			t.Errorf("recorded schema %d, want %d", v, SchemaVersion)
 		}
 		return nil
@@ -152,7 +152,7 @@ func openMigrated(t *testing.T, path string, check func(*Tx)) {
 	}
 	defer db.Close()
 	err = db.View(func(tx *Tx) error {
-		if v := tx.SchemaVersion(); v != SchemaVersion {
+		if v := tx.storedSchema(); v != SchemaVersion {
 			t.Errorf("schema %d after migration, want %d", v, SchemaVersion)
 		}
 		check(tx)
@@ -388,8 +388,8 @@ func TestIndexes(t *testing.T) {
 		}
 	}
 	err = db.View(func(tx *Tx) error {
-		if len(tx.IDs()) != 0 || len(tx.Dirs()) != 0 || len(tx.Children(base.ID)) != 0 {
-			t.Errorf("indexes not empty: ids %v dirs %v children %v", tx.IDs(), tx.Dirs(), tx.Children(base.ID))
+		if len(tx.recordedIDs()) != 0 || len(tx.Dirs()) != 0 || len(tx.Children(base.ID)) != 0 {
+			t.Errorf("indexes not empty: ids %v dirs %v children %v", tx.recordedIDs(), tx.Dirs(), tx.Children(base.ID))
 		}
 		return nil
 	})

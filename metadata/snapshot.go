@@ -511,8 +511,8 @@ func dirKey(dir string, id uint64) []byte {
 	return append([]byte(dir), u64(id)...)
 }
 
-// IDs returns the ids of every recorded snapshot.
-func (t *Tx) IDs() map[uint64]bool {
+// recordedIDs returns the ids of every recorded snapshot.
+func (t *Tx) recordedIDs() map[uint64]bool {
 	ids := map[uint64]bool{}
 	_ = t.ids.ForEach(func(k, _ []byte) error {
 		ids[binary.BigEndian.Uint64(k)] = true

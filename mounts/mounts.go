@@ -33,7 +33,7 @@ type Request struct {
 	WorkDir string
 	// Parents are the directories of the committed layers below, nearest
 	// first. Keeping them short (all in one directory, with short names)
-	// is what lets a deep chain fit in mount(2)'s page; see DataSize.
+	// is what lets a deep chain fit in mount(2)'s page; see mountedSize.
 	Parents []string
 	// Options are appended to overlay mounts (never to bind mounts).
 	Options []string
@@ -110,9 +110,9 @@ func Check(r Request) error {
 	return nil
 }
 
-// DataSize is the length of the option string containerd's mount.All passes
+// mountedSize is the length of the option string containerd's mount.All passes
 // to mount(2) for m.
-func DataSize(m mount.Mount) int {
+func mountedSize(m mount.Mount) int {
 	if m.Type != "overlay" {
 		return dataSize(m.Options, nil)
 	}

@@ -87,8 +87,8 @@ func TestHasOption(t *testing.T) {
 	}
 }
 
-// TestDataSizeMatchesKernel checks DataSize's model of containerd's mount.All
-// on the real kernel: an overlay whose option data, as DataSize counts it,
+// TestDataSizeMatchesKernel checks mountedSize's model of containerd's mount.All
+// on the real kernel: an overlay whose option data, as mountedSize counts it,
 // is exactly 4095 bytes mounts; one of 4097 is refused.
 func TestDataSizeMatchesKernel(t *testing.T) {
 	testutil.RequiresRoot(t)
@@ -116,12 +116,12 @@ func TestDataSizeMatchesKernel(t *testing.T) {
 		// The most layers that fit, then pad the rest (under 8 bytes,
 		// since each layer costs 9 once compacted).
 		n := 1
-		for n < len(ls) && DataSize(For(request(n+1, 0))[0]) <= tc.size {
+		for n < len(ls) && mountedSize(For(request(n+1, 0))[0]) <= tc.size {
 			n++
 		}
-		req := request(n, tc.size-DataSize(For(request(n, 0))[0]))
+		req := request(n, tc.size-mountedSize(For(request(n, 0))[0]))
 		ms := For(req)
-		if got := DataSize(ms[0]); got != tc.size {
+		if got := mountedSize(ms[0]); got != tc.size {
 			t.Fatalf("built %d bytes, want %d", got, tc.size)
 		}
 		for _, d := range []string{req.Dir, req.WorkDir} {
