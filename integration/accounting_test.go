@@ -59,7 +59,7 @@ func TestSharedLayerAccounting(t *testing.T) {
 	}
 	// What du measures is what is on disk, as du --bytes --apparent-size
 	// counts it less the directories.
-	if _, onDisk := fileBytes(t, filepath.Join(e.StrataRoot, "layers")); onDisk != r.PhysicalBytes {
+	if _, onDisk := fileBytes(t, layersDir(e.StrataRoot)); onDisk != r.PhysicalBytes {
 		t.Errorf("du says %d physical bytes, the files under layers/ hold %d", r.PhysicalBytes, onDisk)
 	}
 

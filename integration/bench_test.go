@@ -664,7 +664,7 @@ func (e *Env) endToEndRound(b *testing.B, sn string, full bool, pullArgs []strin
 // deleted in the background included, so the next timed operation does not
 // share the disk with a deletion.
 func (e *Env) waitEmpty(b *testing.B, sn string) {
-	dir := filepath.Join(e.StrataRoot, "layers")
+	dir := layersDir(e.StrataRoot)
 	if sn == refSn {
 		dir = filepath.Join(e.Dir, "containerd", "io.containerd.snapshotter.v1.overlayfs", "snapshots")
 	}

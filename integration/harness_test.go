@@ -459,17 +459,26 @@ func (e *Env) snapshots(ns string) map[string]string {
 	return m
 }
 
+// What the tests know of strata's on-disk layout (snapshotter/layout.go):
+// the directory of layers under the root, the layout's other directories,
+// and that a layer being built (tmp-) or deleted in the background (rm-) is
+// the only entry there whose name has a dash.
+var layoutDirs = []string{"layers", "work", "empty"}
+
+func layersDir(root string) string { return filepath.Join(root, "layers") }
+
+func isLayerName(name string) bool { return !strings.Contains(name, "-") }
+
 // layerDirs lists strata's layer directories, those of recorded snapshots.
 func (e *Env) layerDirs() []string {
 	e.t.Helper()
-	es, err := os.ReadDir(filepath.Join(e.StrataRoot, "layers"))
+	es, err := os.ReadDir(layersDir(e.StrataRoot))
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	var names []string
 	for _, x := range es {
-		// Skip layers being built (tmp-) or deleted in the background (rm-).
-		if !strings.Contains(x.Name(), "-") {
+		if isLayerName(x.Name()) {
 			names = append(names, x.Name())
 		}
 	}

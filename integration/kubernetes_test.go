@@ -231,7 +231,7 @@ func (c *cluster) userNamespacePod(name, runtimeClass, image string) {
 	lower, upper := rootOverlay(c.t, r.containerID)
 	c.underStrata(name, nil, upper)
 	for _, l := range lower {
-		if _, err := os.Stat(filepath.Join(hostStrataRoot, "layers", filepath.Base(l))); err != nil || !strings.Contains(l, "idmapped") {
+		if _, err := os.Stat(filepath.Join(layersDir(hostStrataRoot), filepath.Base(l))); err != nil || !strings.Contains(l, "idmapped") {
 			c.t.Errorf("pod %s's lower directory %s is not an idmapped view of a strata layer: %v", name, l, err)
 		}
 	}

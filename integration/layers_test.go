@@ -62,7 +62,7 @@ func TestSharedLayersStoredOnce(t *testing.T) {
 	// busybox, the files of layers 2 and 3, and one file per image.
 	distinct := bb.Size() + int64(len("layer 2\n")+len("from layer 2\n")+len("layer 3\n")+len("a\n")+len("b\n"))
 	sum := distinct + bb.Size() + int64(len("layer 2\n")+len("from layer 2\n")+len("layer 3\n"))
-	got, _ := fileBytes(t, filepath.Join(e.StrataRoot, "layers"))
+	got, _ := fileBytes(t, layersDir(e.StrataRoot))
 	t.Logf("file bytes under strata's root: %d; distinct layers: %d; both images' layers summed: %d", got, distinct, sum)
 	if got != distinct {
 		t.Fatalf("strata stores %d bytes of files, want %d (each shared layer once; summed would be %d)", got, distinct, sum)

@@ -31,7 +31,7 @@ func TestGarbageCollection(t *testing.T) {
 	if err := e.Strata.stop(syscall.SIGTERM, 30*time.Second); err != nil {
 		t.Fatalf("strata stop: %v", err)
 	}
-	for _, d := range []string{"layers", "work", "empty"} {
+	for _, d := range layoutDirs {
 		es, err := os.ReadDir(filepath.Join(e.StrataRoot, d))
 		if err != nil {
 			t.Fatal(err)

@@ -25,7 +25,7 @@ func TestNerdctlLayerWorkflow(t *testing.T) {
 	}
 	// The lower layer itself still holds the file; the container's upper
 	// directory holds overlay's whiteout for it.
-	holders, _ := filepath.Glob(filepath.Join(e.StrataRoot, "layers", "*", "lower-file"))
+	holders, _ := filepath.Glob(filepath.Join(layersDir(e.StrataRoot), "*", "lower-file"))
 	var regular, whiteouts int
 	for _, h := range holders {
 		fi, err := os.Lstat(h)

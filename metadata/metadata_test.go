@@ -31,7 +31,7 @@ func create(t *testing.T, db *DB, key, parent string, kind snapshots.Kind) Snaps
 	t.Helper()
 	var s Snapshot
 	err := db.Write(func(tx *Tx) (err error) {
-		s, err = tx.CreateSnapshot(NewSnapshot{Key: key, Kind: kind, Parent: parent, Dir: "L" + key})
+		s, err = tx.CreateSnapshot(NewSnapshot{Key: key, Kind: kind, Parent: parent, DirName: "L" + key})
 		return err
 	})
 	if err != nil {
@@ -96,7 +96,7 @@ func TestMigrateSchema1(t *testing.T) {
 	var ids = map[string]uint64{}
 	err := db.Write(func(tx *Tx) error {
 		for _, k := range []string{"a", "b"} {
-			s, err := tx.CreateSnapshot(NewSnapshot{Key: k, Kind: snapshots.KindActive, Dir: "D" + k})
+			s, err := tx.CreateSnapshot(NewSnapshot{Key: k, Kind: snapshots.KindActive, DirName: "D" + k})
 			if err != nil {
 				return err
 			}
@@ -174,7 +174,7 @@ func TestMigrateSchema2(t *testing.T) {
 	ref := map[string]string{snapshots.LabelSnapshotRef: "sha256:layer"}
 	err := db.Write(func(tx *Tx) error {
 		for _, k := range []string{"base", "other"} {
-			a, err := tx.CreateSnapshot(NewSnapshot{Key: k + "-a", Kind: snapshots.KindActive, Dir: "D" + k})
+			a, err := tx.CreateSnapshot(NewSnapshot{Key: k + "-a", Kind: snapshots.KindActive, DirName: "D" + k})
 			if err != nil {
 				return err
 			}
@@ -365,8 +365,8 @@ func TestIndexes(t *testing.T) {
 			t.Errorf("active key still there after commit: %v", err)
 		}
 		lowers, err := tx.ChainDirs(c1)
-		if err != nil || len(lowers) != 1 || lowers[0] != base.Dir {
-			t.Errorf("chain of c1: %q, %v; want [%q]", lowers, err, base.Dir)
+		if err != nil || len(lowers) != 1 || lowers[0] != base.DirName {
+			t.Errorf("chain of c1: %q, %v; want [%q]", lowers, err, base.DirName)
 		}
 		return nil
 	})
@@ -412,23 +412,23 @@ func TestErrorKinds(t *testing.T) {
 		is   func(error) bool
 	}{
 		{"create existing", func(tx *Tx) error {
-			_, err := tx.CreateSnapshot(NewSnapshot{Key: "active", Kind: snapshots.KindActive, Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "active", Kind: snapshots.KindActive, DirName: "new"})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"create with used directory name", func(tx *Tx) error {
-			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Dir: "Lactive"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, DirName: "Lactive"})
 			return err
 		}, errdefs.IsAlreadyExists},
 		{"create committed kind", func(tx *Tx) error {
-			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindCommitted, Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindCommitted, DirName: "new"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"create on missing parent", func(tx *Tx) error {
-			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "nope", Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "nope", DirName: "new"})
 			return err
 		}, errdefs.IsNotFound},
 		{"create on active parent", func(tx *Tx) error {
-			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "active", Dir: "new"})
+			_, err := tx.CreateSnapshot(NewSnapshot{Key: "x", Kind: snapshots.KindActive, Parent: "active", DirName: "new"})
 			return err
 		}, errdefs.IsInvalidArgument},
 		{"commit a view", func(tx *Tx) error {
@@ -467,7 +467,7 @@ func TestErrorKinds(t *testing.T) {
 func TestUpdateLabels(t *testing.T) {
 	db, _ := openTest(t)
 	err := db.Write(func(tx *Tx) error {
-		_, err := tx.CreateSnapshot(NewSnapshot{Key: "a", Kind: snapshots.KindActive, Dir: "La", Labels: map[string]string{"keep": "1", "drop": "2"}})
+		_, err := tx.CreateSnapshot(NewSnapshot{Key: "a", Kind: snapshots.KindActive, DirName: "La", Labels: map[string]string{"keep": "1", "drop": "2"}})
 		return err
 	})
 	if err != nil {

@@ -20,7 +20,7 @@ type Snapshot struct {
 	Key     string
 	Kind    snapshots.Kind
 	Parent  string // key of the parent, "" for none
-	Dir     string // short name of the layer's directory; see the snapshotter's layout
+	DirName     string // short name of the layer's directory; see the snapshotter's layout
 	Labels  map[string]string
 	Created time.Time
 	Updated time.Time
@@ -124,10 +124,10 @@ type NewSnapshot struct {
 	Kind   snapshots.Kind // KindActive or KindView
 	Parent string         // must name a committed snapshot, or be ""
 	Labels map[string]string
-	// Dir is the short name of the new layer's directory; it must not be
+	// DirName is the short name of the new layer's directory; it must not be
 	// in use (see DirInUse), unless Staged. Empty: CreateSnapshot takes the
 	// first name DrawDir draws that no snapshot uses.
-	Dir string
+	DirName string
 	// DrawDir draws a candidate directory name (the on-disk layout's
 	// naming), for a Dir left empty.
 	DrawDir func() (string, error)
@@ -158,17 +158,17 @@ func (t *Tx) CreateSnapshot(n NewSnapshot) (Snapshot, error) {
 	if t.snapshots.Bucket([]byte(n.Key)) != nil {
 		return Snapshot{}, fmt.Errorf("snapshot %q: %w", n.Key, errdefs.ErrAlreadyExists)
 	}
-	if n.Dir == "" && !n.Staged && n.DrawDir != nil {
+	if n.DirName == "" && !n.Staged && n.DrawDir != nil {
 		var err error
-		if n.Dir, err = t.freeDir(n.DrawDir); err != nil {
+		if n.DirName, err = t.freeDir(n.DrawDir); err != nil {
 			return Snapshot{}, err
 		}
 	}
 	switch {
-	case n.Staged && (n.Kind != snapshots.KindActive || !t.dirCommitted(n.Dir)):
-		return Snapshot{}, fmt.Errorf("a staged snapshot must be active, on a committed layer's directory (not %q): %w", n.Dir, errdefs.ErrInvalidArgument)
-	case !n.Staged && (n.Dir == "" || t.DirInUse(n.Dir)):
-		return Snapshot{}, fmt.Errorf("directory name %q is empty or in use: %w", n.Dir, errdefs.ErrAlreadyExists)
+	case n.Staged && (n.Kind != snapshots.KindActive || !t.dirCommitted(n.DirName)):
+		return Snapshot{}, fmt.Errorf("a staged snapshot must be active, on a committed layer's directory (not %q): %w", n.DirName, errdefs.ErrInvalidArgument)
+	case !n.Staged && (n.DirName == "" || t.DirInUse(n.DirName)):
+		return Snapshot{}, fmt.Errorf("directory name %q is empty or in use: %w", n.DirName, errdefs.ErrAlreadyExists)
 	}
 	id, err := t.ids.NextSequence()
 	if err != nil {
@@ -180,7 +180,7 @@ func (t *Tx) CreateSnapshot(n NewSnapshot) (Snapshot, error) {
 		Key:     n.Key,
 		Kind:    n.Kind,
 		Parent:  n.Parent,
-		Dir:     n.Dir,
+		DirName:     n.DirName,
 		Labels:  maps.Clone(n.Labels),
 		Created: now,
 		Updated: now,
@@ -189,7 +189,7 @@ func (t *Tx) CreateSnapshot(n NewSnapshot) (Snapshot, error) {
 	if err := t.put(s); err != nil {
 		return Snapshot{}, err
 	}
-	if err := t.dirs.Put(dirKey(s.Dir, id), nil); err != nil {
+	if err := t.dirs.Put(dirKey(s.DirName, id), nil); err != nil {
 		return Snapshot{}, err
 	}
 	if n.Parent != "" {
@@ -289,7 +289,7 @@ func (t *Tx) RemoveSnapshot(key string) (Snapshot, error) {
 	if err := t.ids.Delete(u64(s.ID)); err != nil {
 		return Snapshot{}, err
 	}
-	if err := t.dirs.Delete(dirKey(s.Dir, s.ID)); err != nil {
+	if err := t.dirs.Delete(dirKey(s.DirName, s.ID)); err != nil {
 		return Snapshot{}, err
 	}
 	if err := t.reindexRef(s, Snapshot{}); err != nil {
@@ -566,7 +566,7 @@ func (t *Tx) put(s Snapshot) error {
 		{fieldID, u64(s.ID)},
 		{fieldKind, []byte{byte(s.Kind)}},
 		{fieldParent, []byte(s.Parent)},
-		{fieldDir, []byte(s.Dir)},
+		{fieldDir, []byte(s.DirName)},
 		{fieldCreated, created},
 		{fieldUpdated, updated},
 		{fieldSize, u64(uint64(s.Usage.Size))},
@@ -609,7 +609,7 @@ func readSnapshot(key string, b *bolt.Bucket) (Snapshot, error) {
 	s.ID = binary.BigEndian.Uint64(id)
 	s.Kind = snapshots.Kind(kind[0])
 	s.Parent = string(b.Get(fieldParent))
-	s.Dir = string(b.Get(fieldDir))
+	s.DirName = string(b.Get(fieldDir))
 	if err := s.Created.UnmarshalBinary(b.Get(fieldCreated)); err != nil {
 		return Snapshot{}, fmt.Errorf("created time of %q: %w", key, err)
 	}
@@ -682,16 +682,16 @@ func (t *Tx) Check() []string {
 		if got := string(t.ids.Get(u64(s.ID))); got != key {
 			add("snapshot %q has id %d, but the id index names %q", key, s.ID, got)
 		}
-		if t.dirs.Get(dirKey(s.Dir, s.ID)) == nil {
-			add("snapshot %q has directory %q, which the directory index does not give to it", key, s.Dir)
+		if t.dirs.Get(dirKey(s.DirName, s.ID)) == nil {
+			add("snapshot %q has directory %q, which the directory index does not give to it", key, s.DirName)
 		}
 		// A staged snapshot may outlive the committed layer it was
 		// staged on; it then holds the directory alone.
 		if s.Staged && s.Kind != snapshots.KindActive {
 			add("%v snapshot %q is marked staged, which only an active snapshot may be", s.Kind, key)
 		}
-		if !s.Staged && s.Kind != snapshots.KindCommitted && len(t.DirUsers(s.Dir)) > 1 {
-			add("%v snapshot %q shares its directory %q with another snapshot", s.Kind, key, s.Dir)
+		if !s.Staged && s.Kind != snapshots.KindCommitted && len(t.DirUsers(s.DirName)) > 1 {
+			add("%v snapshot %q shares its directory %q with another snapshot", s.Kind, key, s.DirName)
 		}
 		if s.Parent != "" {
 			p, ok := records[s.Parent]
@@ -724,7 +724,7 @@ func (t *Tx) Check() []string {
 	})
 	dirOfID := map[uint64]string{}
 	for _, s := range records {
-		dirOfID[s.ID] = s.Dir
+		dirOfID[s.ID] = s.DirName
 	}
 	_ = t.dirs.ForEach(func(k, _ []byte) error {
 		if len(k) <= 8 {

@@ -122,11 +122,11 @@ func check(ctx context.Context, l layout, db *metadata.DB) (findings []string, s
 func checkRecord(ctx context.Context, l layout, s metadata.Snapshot, restoring map[string]bool) []string {
 	var findings []string
 	add := func(format string, args ...any) { findings = append(findings, fmt.Sprintf(format, args...)) }
-	if !isLayerName(s.Dir) {
-		add("snapshot %q has directory name %q, which is not a layer name", s.Key, s.Dir)
+	if !isLayerName(s.DirName) {
+		add("snapshot %q has directory name %q, which is not a layer name", s.Key, s.DirName)
 		return findings
 	}
-	dir := l.layer(s.Dir)
+	dir := l.layer(s.DirName)
 	fi, err := os.Lstat(dir)
 	switch {
 	case restoring[dir]:
@@ -141,9 +141,9 @@ func checkRecord(ctx context.Context, l layout, s metadata.Snapshot, restoring m
 	if _, err := mappingOf(s.Labels); err != nil && s.Kind != snapshots.KindCommitted {
 		add("snapshot %q: its ID mapping cannot be used, and its mounts carry none: %v", s.Key, err)
 	}
-	if s.Kind == snapshots.KindActive && !s.Staged && !restoring[l.work(s.Dir)] {
-		if fi, err := os.Lstat(l.work(s.Dir)); err != nil || !fi.IsDir() {
-			add("active snapshot %q: its work directory %s is missing", s.Key, l.work(s.Dir))
+	if s.Kind == snapshots.KindActive && !s.Staged && !restoring[l.work(s.DirName)] {
+		if fi, err := os.Lstat(l.work(s.DirName)); err != nil || !fi.IsDir() {
+			add("active snapshot %q: its work directory %s is missing", s.Key, l.work(s.DirName))
 		}
 	}
 	if s.Kind == snapshots.KindCommitted {

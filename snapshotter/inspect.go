@@ -92,12 +92,12 @@ func (s *snapshotter) index(ctx context.Context, keep func(name string) bool) ([
 			if err != nil {
 				return err
 			}
-			d := Detail{Info: rec.Info(), ID: rec.ID, Usage: rec.Usage, Dir: s.layout.layer(rec.Dir)}
+			d := Detail{Info: rec.Info(), ID: rec.ID, Usage: rec.Usage, Dir: s.layout.layer(rec.DirName)}
 			for _, dir := range lowers {
 				d.LowerDirs = append(d.LowerDirs, s.layout.layer(dir))
 			}
 			if rec.Kind == snapshots.KindActive && !rec.Staged {
-				d.WorkDir = s.layout.work(rec.Dir)
+				d.WorkDir = s.layout.work(rec.DirName)
 			}
 			mapping := s.mappingFor(rec.Labels, lowers)
 			if rec.Kind != snapshots.KindCommitted {
@@ -131,10 +131,10 @@ func (s *snapshotter) Stats(ctx context.Context) (Stats, error) {
 	err := s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
 			st.Snapshots[rec.Kind]++
-			if rec.Kind != snapshots.KindCommitted || counted[rec.Dir] {
+			if rec.Kind != snapshots.KindCommitted || counted[rec.DirName] {
 				return nil
 			}
-			counted[rec.Dir] = true
+			counted[rec.DirName] = true
 			st.Bytes += rec.Usage.Bytes
 			st.Inodes += rec.Usage.Inodes
 			return nil

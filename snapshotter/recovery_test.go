@@ -53,7 +53,7 @@ func newStore(t *testing.T) store {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.dirs[key] = rec.Dir
+		st.dirs[key] = rec.DirName
 	}
 	if err := sn.Close(); err != nil {
 		t.Fatal(err)
@@ -361,7 +361,7 @@ func TestStaleIndexKeepsLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	sn.Close()
-	newerDir := st.path(layersDir, newer.Dir)
+	newerDir := st.path(layersDir, newer.DirName)
 	if err := os.WriteFile(st.path(dbFile), old, 0o600); err != nil {
 		t.Fatal(err)
 	}

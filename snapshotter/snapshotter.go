@@ -257,7 +257,7 @@ func (s *snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 	if rec.Kind != snapshots.KindActive {
 		return rec.Usage.Containerd(), nil
 	}
-	u, err := diskUsage(ctx, s.layout.layer(rec.Dir))
+	u, err := diskUsage(ctx, s.layout.layer(rec.DirName))
 	if err != nil {
 		return snapshots.Usage{}, fmt.Errorf("measure usage of %q: %w", key, err)
 	}
@@ -317,7 +317,7 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			return err
 		}
 		if staged {
-			n.Dir, n.Staged = layer.Dir, true
+			n.DirName, n.Staged = layer.DirName, true
 		}
 		rec, err := tx.CreateSnapshot(n)
 		if err != nil {
@@ -395,7 +395,7 @@ func (s *snapshotter) makeDirs(rec metadata.Snapshot, lowers []string, mapping *
 	if rec.Kind == snapshots.KindActive {
 		// A leftover of the same name that the index does not own
 		// is garbage of a transaction that never committed.
-		work := s.layout.work(rec.Dir)
+		work := s.layout.work(rec.DirName)
 		if err := os.RemoveAll(work); err != nil {
 			return err
 		}
@@ -404,7 +404,7 @@ func (s *snapshotter) makeDirs(rec metadata.Snapshot, lowers []string, mapping *
 		}
 		undo.push(func() error { return os.RemoveAll(work) })
 	}
-	dir := s.layout.layer(rec.Dir)
+	dir := s.layout.layer(rec.DirName)
 	if err := os.Rename(td, dir); err != nil {
 		return fmt.Errorf("move snapshot directory into place: %w", err)
 	}
@@ -454,8 +454,8 @@ func (s *snapshotter) mountRequest(rec metadata.Snapshot, lowers []string, mappi
 		// A staged snapshot is another layer's directory: read-only,
 		// which also tells containerd's unpacker not to apply into it.
 		Writable: rec.Kind == snapshots.KindActive && !rec.Staged,
-		Dir:      s.layout.layer(rec.Dir),
-		WorkDir:  s.layout.work(rec.Dir),
+		Dir:      s.layout.layer(rec.DirName),
+		WorkDir:  s.layout.work(rec.DirName),
 		Parents:  parents,
 		Options:  s.options,
 		Mapping:  mapping.options(),
@@ -505,7 +505,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 			return err
 		}))
 	}
-	dir := s.layout.layer(rec.Dir)
+	dir := s.layout.layer(rec.DirName)
 	usage, err := diskUsage(ctx, dir)
 	if err != nil {
 		return exhaustedOnFullDisk(fmt.Errorf("measure usage of %q: %w", key, err))
@@ -548,13 +548,13 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		if err != nil {
 			return err
 		}
-		if tx.DirInUse(rec.Dir) {
+		if tx.DirInUse(rec.DirName) {
 			return nil // the layer's directory is also another snapshot's
 		}
 		// The layer, then its work directory (active snapshots only), go
 		// to rm- names, which no new snapshot can be given.
-		layer := [2]string{s.layout.layer(rec.Dir), s.layout.removedLayer(rec.Dir)}
-		work := [2]string{s.layout.work(rec.Dir), s.layout.removedWork(rec.Dir)}
+		layer := [2]string{s.layout.layer(rec.DirName), s.layout.removedLayer(rec.DirName)}
+		work := [2]string{s.layout.work(rec.DirName), s.layout.removedWork(rec.DirName)}
 		for i, m := range [][2]string{layer, work} {
 			err := os.Rename(m[0], m[1])
 			switch {
@@ -715,7 +715,7 @@ func recordedDirs(tx *metadata.Tx) (map[string]bool, error) {
 		names[name] = true
 	}
 	err := tx.Walk(func(rec metadata.Snapshot) error {
-		names[rec.Dir] = true
+		names[rec.DirName] = true
 		return nil
 	})
 	return names, err
@@ -745,8 +745,8 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 	}
 	return s.db.View(func(tx *metadata.Tx) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
-			if !exists(s.layout.layer(rec.Dir)) {
-				log.G(ctx).WithField("key", rec.Key).WithField("path", s.layout.layer(rec.Dir)).
+			if !exists(s.layout.layer(rec.DirName)) {
+				log.G(ctx).WithField("key", rec.Key).WithField("path", s.layout.layer(rec.DirName)).
 					Error("snapshot's directory is missing; its contents are lost (strata-snapshotter fsck reports it)")
 			}
 			return nil

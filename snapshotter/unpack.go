@@ -86,8 +86,8 @@ func (s *snapshotter) stagedUsage(ctx context.Context, tx *metadata.Tx, rec meta
 		return metadata.Usage{}, fmt.Errorf("snapshot %q holds a layer that stands on %s, but its commit parent %q is another layer: %w",
 			rec.Key, want, parent, errdefs.ErrFailedPrecondition)
 	}
-	if layer, ok := tx.CommittedInDir(rec.Dir); ok {
+	if layer, ok := tx.CommittedInDir(rec.DirName); ok {
 		return layer.Usage, nil
 	}
-	return diskUsage(ctx, s.layout.layer(rec.Dir))
+	return diskUsage(ctx, s.layout.layer(rec.DirName))
 }

@@ -136,7 +136,7 @@ func TestFirstLayerStoresNoWhiteouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := sn.layout.layer(rec.Dir)
+	dir := sn.layout.layer(rec.DirName)
 	if got := tree(t, dir); got != "d d/f" {
 		t.Errorf("first layer's directory holds %q, want only %q", got, "d d/f")
 	}
