@@ -5,12 +5,10 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 
 	"github.com/strata-snapshotter/strata/internal/testutil"
@@ -43,27 +41,7 @@ func serve(t *testing.T) (snapshotter.Snapshotter, *Client, string) {
 // name unless name is "".
 func layer(t *testing.T, sn snapshots.Snapshotter, key, parent, name string, n int) {
 	t.Helper()
-	ctx := context.Background()
-	ms, err := sn.Prepare(ctx, key, parent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := mount.All(ms, dir); err != nil {
-		t.Fatal(err)
-	}
-	werr := os.WriteFile(filepath.Join(dir, "f"), make([]byte, n), 0o644)
-	if err := mount.UnmountAll(dir, 0); err != nil {
-		t.Fatal(err)
-	}
-	if werr != nil {
-		t.Fatal(werr)
-	}
-	if name != "" {
-		if err := sn.Commit(ctx, name, key); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testutil.WriteLayer(t, sn, key, parent, name, map[string]string{"f": strings.Repeat("x", n)})
 }
 
 // TestAPI: the admin API over a real store in which containerd's keys

@@ -12,6 +12,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 var userNS = snapshots.WithLabels(map[string]string{
@@ -49,7 +51,7 @@ func TestUserNamespaceSnapshot(t *testing.T) {
 	if err != nil || !slices.Equal(again[0].Options, ms[0].Options) {
 		t.Fatalf("Mounts: %v %+v, Prepare returned %+v", err, again, ms)
 	}
-	withMount(t, ms, func(dir string) {
+	testutil.WithMount(t, ms, func(dir string) {
 		for name, want := range map[string][2]uint32{".": {200000, 300000}, "file": {200000, 300000}} {
 			fi, err := os.Lstat(filepath.Join(dir, name))
 			if err != nil {
@@ -159,7 +161,7 @@ func TestUserNamespaceOnShiftedCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, ms, func(dir string) {
+	testutil.WithMount(t, ms, func(dir string) {
 		for _, name := range []string{".", "file"} {
 			if err := os.Lchown(filepath.Join(dir, name), 200000, 300000); err != nil {
 				t.Fatal(err)
@@ -176,7 +178,7 @@ func TestUserNamespaceOnShiftedCopy(t *testing.T) {
 	if slices.ContainsFunc(ms[0].Options, func(o string) bool { return strings.HasPrefix(o, "uidmap=") }) {
 		t.Fatalf("mounts %+v map the chowned copy again", ms)
 	}
-	withMount(t, ms, func(dir string) {
+	testutil.WithMount(t, ms, func(dir string) {
 		fi, err := os.Lstat(filepath.Join(dir, "file"))
 		if err != nil {
 			t.Fatal(err)

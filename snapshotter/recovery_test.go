@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // The states a store is left in by crashes and by operators, and what
@@ -39,7 +41,7 @@ func newStore(t *testing.T) store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, ms, func(dir string) {
+	testutil.WithMount(t, ms, func(dir string) {
 		if err := os.WriteFile(filepath.Join(dir, "h"), []byte("ctr"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +83,7 @@ func (st store) checkIntact(t *testing.T, lost ...string) {
 			continue
 		}
 		ms, done := mountsOf(t, sn, key)
-		withMount(t, ms, func(dir string) {
+		testutil.WithMount(t, ms, func(dir string) {
 			if b, err := os.ReadFile(filepath.Join(dir, file)); err != nil || string(b) != key {
 				t.Errorf("snapshot %q after restart: %s holds %q (%v), want %q", key, file, b, err, key)
 			}

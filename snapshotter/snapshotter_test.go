@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
@@ -27,39 +26,10 @@ func newTestSnapshotter(t *testing.T, opts ...Opt) (*snapshotter, string) {
 	return sn.(*snapshotter), root
 }
 
-// commitLayer prepares key on parent, writes files into it through its
-// mount, and commits it as name.
+// commitLayer commits name on parent holding files, through name-active.
 func commitLayer(t *testing.T, sn snapshots.Snapshotter, name, parent string, files map[string]string) {
 	t.Helper()
-	ctx := context.Background()
-	ms, err := sn.Prepare(ctx, name+"-active", parent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	withMount(t, ms, func(dir string) {
-		for p, content := range files {
-			if err := os.WriteFile(filepath.Join(dir, p), []byte(content), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	})
-	if err := sn.Commit(ctx, name, name+"-active"); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func withMount(t *testing.T, ms []mount.Mount, fn func(dir string)) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := mount.All(ms, dir); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := mount.UnmountAll(dir, 0); err != nil {
-			t.Fatal(err)
-		}
-	}()
-	fn(dir)
+	testutil.WriteLayer(t, sn, name+"-active", parent, name, files)
 }
 
 // TestRemoveKeepsMountedDirectory: a removed snapshot whose directory still
@@ -238,7 +208,7 @@ func TestCommittedUsageIsStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := strings.Repeat("d", 64<<10)
-	withMount(t, ms, func(dir string) {
+	testutil.WithMount(t, ms, func(dir string) {
 		if err := os.WriteFile(filepath.Join(dir, "data"), []byte(data), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -281,7 +251,7 @@ func TestCommitRebase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, ms, func(dir string) {
+	testutil.WithMount(t, ms, func(dir string) {
 		if err := os.WriteFile(filepath.Join(dir, "top-file"), []byte("t"), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -300,7 +270,7 @@ func TestCommitRebase(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, view, func(dir string) {
+	testutil.WithMount(t, view, func(dir string) {
 		for _, f := range []string{"base-file", "top-file"} {
 			if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 				t.Errorf("%s not visible in the rebased chain: %v", f, err)
@@ -386,7 +356,7 @@ func TestInterruptedRemoveRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, view, func(dir string) {
+	testutil.WithMount(t, view, func(dir string) {
 		if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(b) != "content" {
 			t.Fatalf("layer after restart: %q, %v", b, err)
 		}
@@ -396,7 +366,7 @@ func TestInterruptedRemoveRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, ms, func(string) {})
+	testutil.WithMount(t, ms, func(string) {})
 }
 
 // TestActiveUsageToleratesVanishingFiles: measuring an active snapshot while

@@ -22,6 +22,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // TestParallelUnpackKeepsWhiteouts follows containerd's parallel unpack: a
@@ -53,7 +55,7 @@ func TestParallelUnpackKeepsWhiteouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, view, func(dir string) {
+	testutil.WithMount(t, view, func(dir string) {
 		if _, err := os.Stat(filepath.Join(dir, "gone")); !os.IsNotExist(err) {
 			t.Errorf("file deleted by the layer is visible: %v", err)
 		}
@@ -148,7 +150,7 @@ func TestFirstLayerStoresNoWhiteouts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, view, func(root string) {
+	testutil.WithMount(t, view, func(root string) {
 		if got := tree(t, root); got != "d d/f" {
 			t.Errorf("view of the first layer shows %q, want %q", got, "d d/f")
 		}
@@ -312,7 +314,7 @@ func TestParallelUnpackOfHeldImage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		withMount(t, view, func(dir string) {
+		testutil.WithMount(t, view, func(dir string) {
 			if got := tree(t, dir); got != want {
 				t.Errorf("image %s shows %q, want %q", top, got, want)
 			}
@@ -332,7 +334,7 @@ func TestParallelUnpackOfHeldImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	withMount(t, view, func(dir string) {
+	testutil.WithMount(t, view, func(dir string) {
 		if got := tree(t, dir); got != want {
 			t.Errorf("after the first image's removal the second shows %q, want %q", got, want)
 		}

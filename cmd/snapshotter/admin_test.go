@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 
 	"github.com/strata-snapshotter/strata/accounting"
@@ -20,27 +19,7 @@ import (
 // mount, and commits it as name unless name is "".
 func writeLayer(t *testing.T, sn snapshots.Snapshotter, key, parent, name string, n int) {
 	t.Helper()
-	ctx := context.Background()
-	ms, err := sn.Prepare(ctx, key, parent)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := mount.All(ms, dir); err != nil {
-		t.Fatal(err)
-	}
-	werr := os.WriteFile(filepath.Join(dir, "file-"+strings.ReplaceAll(key, "/", "_")), []byte(strings.Repeat("x", n)), 0o644)
-	if err := mount.UnmountAll(dir, 0); err != nil {
-		t.Fatal(err)
-	}
-	if werr != nil {
-		t.Fatal(werr)
-	}
-	if name != "" {
-		if err := sn.Commit(ctx, name, key); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testutil.WriteLayer(t, sn, key, parent, name, map[string]string{"file-" + strings.ReplaceAll(key, "/", "_"): strings.Repeat("x", n)})
 }
 
 // subcommand runs the binary's subcommand against d's admin socket.

@@ -2,8 +2,13 @@
 package testutil
 
 import (
+	"context"
 	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
 )
 
 // RequiresRoot skips t unless it runs as root. Tests that mount filesystems
@@ -26,4 +31,43 @@ func ShortDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// WriteLayer prepares key on parent, writes files (path: content) into it
+// through its mounts, and commits it as name unless name is "".
+func WriteLayer(t testing.TB, sn snapshots.Snapshotter, key, parent, name string, files map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	ms, err := sn.Prepare(ctx, key, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	WithMount(t, ms, func(dir string) {
+		for p, content := range files {
+			if err := os.WriteFile(filepath.Join(dir, p), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	if name == "" {
+		return
+	}
+	if err := sn.Commit(ctx, name, key); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// WithMount mounts ms on a temporary directory for fn, and unmounts it.
+func WithMount(t testing.TB, ms []mount.Mount, fn func(dir string)) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := mount.All(ms, dir); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := mount.UnmountAll(dir, 0); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	fn(dir)
 }
