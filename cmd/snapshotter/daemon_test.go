@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,7 +59,8 @@ type daemon struct {
 
 	mu     sync.Mutex
 	output bytes.Buffer
-	lines  chan string // every line the daemon logs, for waitFor
+	lines  chan string   // every line the daemon logs, for waitFor
+	ready  chan struct{} // closed when the daemon notifies READY=1
 	exited chan struct{}
 	err    error // the process's exit status, once exited is closed
 }
@@ -131,6 +133,31 @@ func launch(t testing.TB, root string, args ...string) (*daemon, error) {
 		}
 	}
 	d.cmd = exec.Command(binary, full...)
+	// Readiness as systemd learns it (Type=notify): READY=1 on a
+	// datagram socket named by NOTIFY_SOCKET. A test that listens there
+	// itself (TestSystemdNotify) keeps its own.
+	d.ready = make(chan struct{})
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "notify.sock"), Net: "unixgram"})
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { notify.Close() })
+		d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.LocalAddr().String())
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				n, err := notify.Read(buf)
+				if err != nil {
+					return
+				}
+				if strings.Contains(string(buf[:n]), "READY=1") {
+					close(d.ready)
+					return
+				}
+			}
+		}()
+	}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -183,8 +210,24 @@ func (d *daemon) logs() string {
 	return d.output.String()
 }
 
-// serving waits until the daemon logs that it serves.
-func (d *daemon) serving() error { return d.logged("strata-snapshotter serving") }
+// serving waits until the daemon tells its service manager it serves
+// (READY=1), or, when a test took NOTIFY_SOCKET, until it logs so.
+func (d *daemon) serving() error {
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		return d.logged("strata-snapshotter serving")
+	}
+	select {
+	case <-d.ready:
+		return nil
+	case <-d.exited:
+		select {
+		case <-d.ready: // ready, then stopped
+			return nil
+		default:
+		}
+		return fmt.Errorf("daemon exited (%v) before it was ready; output:\n%s", d.err, d.logs())
+	}
+}
 
 // logged blocks until the daemon logs a line containing s, and fails if the
 // daemon exits first.
