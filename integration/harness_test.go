@@ -141,6 +141,13 @@ func (p *proc) nthLine(s string, n int, limit time.Duration) (string, error) {
 	}
 }
 
+// output is the daemon's last lines.
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tail()
+}
+
 // tail is the daemon's last lines; p.mu must be held.
 func (p *proc) tail() string {
 	from := max(0, len(p.lines)-40)
@@ -244,10 +251,38 @@ func newEnv(t testing.TB, opts EnvOptions) *Env {
 // find the socket at start-up, or CRI's start-up sync times out.
 func (e *Env) StartStrata() {
 	e.t.Helper()
-	e.Strata = startProc(e.t, e.Dir, "strata", strataBinary,
+	// Ready as systemd learns it (Type=notify): READY=1 on NOTIFY_SOCKET.
+	notifyPath := filepath.Join(e.Dir, "strata.notify")
+	os.Remove(notifyPath) // a restarted strata's, from its previous start
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer notify.Close()
+	ready := make(chan struct{})
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := notify.Read(buf)
+			if err != nil {
+				return
+			}
+			if strings.Contains(string(buf[:n]), "READY=1") {
+				close(ready)
+				return
+			}
+		}
+	}()
+	e.Strata = startProc(e.t, e.Dir, "strata", "env", "NOTIFY_SOCKET="+notify.LocalAddr().String(), strataBinary,
 		"--root", e.StrataRoot, "--address", e.StrataSock, "--admin-address", e.AdminSock, "--log-level", e.logLevel(),
 		"--config", filepath.Join(e.Dir, "strata.toml"))
-	e.Strata.waitLog(e.t, "strata-snapshotter serving", 30*time.Second)
+	select {
+	case <-ready:
+	case <-e.Strata.exited:
+		e.t.Fatalf("strata exited before it was ready:\n%s", e.Strata.output())
+	case <-time.After(30 * time.Second):
+		e.t.Fatalf("strata not ready within 30s:\n%s", e.Strata.output())
+	}
 }
 
 func (e *Env) logLevel() string {

@@ -20,7 +20,7 @@ type Snapshot struct {
 	Key     string
 	Kind    snapshots.Kind
 	Parent  string // key of the parent, "" for none
-	DirName     string // short name of the layer's directory; see the snapshotter's layout
+	DirName string // short name of the layer's directory; see the snapshotter's layout
 	Labels  map[string]string
 	Created time.Time
 	Updated time.Time
@@ -180,7 +180,7 @@ func (t *Tx) CreateSnapshot(n NewSnapshot) (Snapshot, error) {
 		Key:     n.Key,
 		Kind:    n.Kind,
 		Parent:  n.Parent,
-		DirName:     n.DirName,
+		DirName: n.DirName,
 		Labels:  maps.Clone(n.Labels),
 		Created: now,
 		Updated: now,
