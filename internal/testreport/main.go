@@ -102,7 +102,11 @@ func printSkipped(skipped map[string][]string) {
 		total += len(tests)
 	}
 	sort.Slice(reasons, func(i, j int) bool { return len(skipped[reasons[i]]) > len(skipped[reasons[j]]) })
-	fmt.Printf("\nskipped %d tests:\n", total)
+	noun := "tests"
+	if total == 1 {
+		noun = "test"
+	}
+	fmt.Printf("\nskipped %d %s:\n", total, noun)
 	for _, r := range reasons {
 		tests := skipped[r]
 		sort.Strings(tests)
