@@ -67,8 +67,7 @@ tools:
 # The edit-test loop: every test but the integration tests and the fuzzing,
 # with the race detector (containerd's suites and the 500-layer chain
 # included; about a minute once built). Tests that need root skip without it,
-# and the
-# report says which and why.
+# and the report says which and why.
 check:
 	$(GO) test -race -count=1 -json $(PACKAGES) | $(GO) run ./internal/testreport
 
