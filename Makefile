@@ -69,12 +69,12 @@ tools:
 # included; about a minute once built). Tests that need root skip without it,
 # and the report says which and why.
 check:
-	$(GO) test -race -count=1 -json $(PACKAGES) | $(GO) run ./internal/testreport
+	bash -o pipefail -c '$(GO) test -race -count=1 -json $(PACKAGES) | $(GO) run ./internal/testreport'
 
 # The fast subset of check: skips containerd's suites and the 500-layer
 # chain too.
 unit:
-	$(GO) test -race -short -count=1 -json $(PACKAGES) | $(GO) run ./internal/testreport
+	bash -o pipefail -c '$(GO) test -race -short -count=1 -json $(PACKAGES) | $(GO) run ./internal/testreport'
 
 vet:
 	$(GO) vet ./...
@@ -109,7 +109,8 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/strata-snapshotter $(UNIT)
 	@if [ -e $(PRISTINE) ] && cmp -s $(PRISTINE) $(CONFIG); then \
 		rm -f $(CONFIG); rmdir --ignore-fail-on-non-empty $(dir $(CONFIG)); \
-	elif [ -e $(CONFIG) ]; then echo "kept $(CONFIG): edited since install wrote it"; fi
+	elif [ -e $(PRISTINE) ] && [ -e $(CONFIG) ]; then echo "kept $(CONFIG): edited since install wrote it"; \
+	elif [ -e $(CONFIG) ]; then echo "kept $(CONFIG): installed by an older version, which kept no copy to compare with; remove it if you never edited it"; fi
 	rm -f $(PRISTINE)
 	-rmdir --ignore-fail-on-non-empty $(dir $(PRISTINE))
 	@echo "if containerd's config registers strata, put back the backup containerd-config kept (FILE.strata-backup-TIME) or delete its entries, and restart containerd"

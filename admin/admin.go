@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -26,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
 	"github.com/strata-snapshotter/strata/accounting"
@@ -147,6 +149,10 @@ func Handler(src Source) http.Handler {
 			return
 		}
 		d, err := src.Detail(r.Context(), s.Key)
+		if errdefs.IsNotFound(err) { // removed since the index was read
+			replyError(w, r, http.StatusNotFound, "no such snapshot: "+key)
+			return
+		}
 		if err != nil {
 			reply(w, r, nil, err)
 			return
@@ -352,6 +358,10 @@ func (c *Client) get(ctx context.Context, path string, query url.Values, v any) 
 		return err
 	}
 	resp, err := c.http.Do(req)
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		err = uerr.Err // the dial's error, without the request's URL
+	}
 	switch {
 	case errors.Is(err, syscall.EACCES):
 		return fmt.Errorf("strata's admin socket %s is root's only: run as root: %w", c.address, err)
@@ -362,8 +372,13 @@ func (c *Client) get(ctx context.Context, path string, query url.Values, v any) 
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		var e struct{ Error string }
-		json.NewDecoder(resp.Body).Decode(&e)
+		if json.Unmarshal(body, &e) != nil || e.Error == "" {
+			// Not the API's error: an older daemon without this path,
+			// or something else on the socket.
+			return fmt.Errorf("strata's admin socket %s answered %s: %s", c.address, resp.Status, strings.TrimSpace(string(body)))
+		}
 		switch {
 		case resp.StatusCode == http.StatusNotFound:
 			return fmt.Errorf("%w: %s", ErrNotFound, strings.TrimPrefix(e.Error, ErrNotFound.Error()+": "))

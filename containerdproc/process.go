@@ -84,11 +84,12 @@ func (p Process) Reads(file string) error {
 
 // Supervised says whether something starts p again once it stops: a
 // service manager (systemd's containerd.service, runit, s6, supervisord, a
-// test's supervisor) is its parent. A containerd started from a shell, or
-// daemonized under an init that does not supervise it, would stay stopped.
+// test's supervisor) is its parent. A containerd started by hand (from a
+// shell, sudo, nohup, a terminal multiplexer), or daemonized under an init
+// that does not supervise it, would stay stopped.
 func (p Process) Supervised() error {
-	if isShell(p.ParentName) {
-		return fmt.Errorf("containerd (pid %d) runs under the shell %s (pid %d), which does not start it again once it stops: write the file without --restart and restart containerd yourself", p.PID, p.ParentName, p.Parent)
+	if startedByHand(p.ParentName) {
+		return fmt.Errorf("containerd (pid %d) runs under %s (pid %d), which does not start it again once it stops: write the file without --restart and restart containerd yourself", p.PID, p.ParentName, p.Parent)
 	}
 	if p.Parent == 1 {
 		if comm(1) != "systemd" {
@@ -102,9 +103,13 @@ func (p Process) Supervised() error {
 	return nil
 }
 
-func isShell(name string) bool {
+// startedByHand says whether a parent of this name is how a person starts
+// a program (a shell, or a command run from one), not a service manager.
+func startedByHand(name string) bool {
 	switch name {
-	case "sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "fish", "tcsh", "csh", "busybox":
+	case "sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "fish", "tcsh", "csh", "busybox",
+		"sudo", "su", "doas", "runuser", "nohup", "setsid", "env", "timeout", "script",
+		"screen", "tmux: server", "sshd", "login":
 		return true
 	}
 	return false

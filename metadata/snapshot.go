@@ -129,9 +129,9 @@ type NewSnapshot struct {
 	// first name DrawDir draws that no snapshot uses.
 	DirName string
 	// DrawDir draws a candidate directory name (the on-disk layout's
-	// naming), for a Dir left empty.
+	// naming), for a DirName left empty.
 	DrawDir func() (string, error)
-	// Staged creates an active snapshot on Dir, the directory of a
+	// Staged creates an active snapshot on DirName, the directory of a
 	// committed snapshot (see Snapshot.Staged).
 	Staged bool
 }
@@ -202,7 +202,8 @@ func (t *Tx) CreateSnapshot(n NewSnapshot) (Snapshot, error) {
 
 // CommitSnapshot turns the active snapshot key, whose id must be id, into the
 // committed snapshot name, with the given usage. As containerd's interface
-// specifies, the committed snapshot gets only the labels given to CommitSnapshot, and
+// specifies, the committed snapshot gets only the labels given to its
+// Commit, and
 // an active snapshot created without a parent may be given one now (the
 // "rebase" capability used by parallel unpack).
 func (t *Tx) CommitSnapshot(key, name string, id uint64, usage Usage, base snapshots.Info) (Snapshot, error) {
@@ -299,7 +300,7 @@ func (t *Tx) RemoveSnapshot(key string) (Snapshot, error) {
 }
 
 // UpdateInfo changes the mutable fields of a snapshot (its labels) as
-// containerd's Snapshotter.UpdateInfo specifies: with no fieldpaths all labels are
+// containerd's Snapshotter.Update specifies: with no fieldpaths all labels are
 // replaced; "labels" replaces them too; "labels.KEY" sets one label or, when
 // info has no value for it, deletes it.
 func (t *Tx) UpdateInfo(info snapshots.Info, fieldpaths ...string) (Snapshot, error) {

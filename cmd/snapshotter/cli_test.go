@@ -55,6 +55,9 @@ func TestCommandLine(t *testing.T) {
 			}
 		}
 	}
+	if out, errOut, code := runBinary(t, "help", "--log-level", "debug"); code != 0 || !strings.Contains(out, "Commands:") {
+		t.Errorf("help with a global option: exit %d, %s", code, errOut)
+	}
 	out, _, code := runBinary(t, "help", "inspect")
 	if code != 0 || !strings.Contains(out, "strata-snapshotter inspect [-n NAMESPACE] [--json] NAME|KEY") || !strings.Contains(out, "--namespace NAMESPACE") || !strings.Contains(out, "Global options:") {
 		t.Errorf("help inspect: exit %d\n%s", code, out)
@@ -131,6 +134,9 @@ func TestOperatorCommandsByName(t *testing.T) {
 	ls3, _, _ := d.subcommand(t, "ls", "-n", "ns3")
 	if !hasRow(ls3, "ns3", "web", "active", "sha256:base") || !hasRow(ls3, "ns1", "sha256:base", "committed") || strings.Contains(ls3, "ns2") || strings.Count(ls3, "\n") != 3 {
 		t.Errorf("ls -n ns3:\n%s", ls3)
+	}
+	if tree, _, _ := d.subcommand(t, "tree", "-n", "ns3"); !strings.Contains(tree, "ns1/2/sha256:base (committed") || !strings.Contains(tree, "└── ns3/4/web (active") || strings.Count(tree, "\n") != 3 {
+		t.Errorf("tree -n ns3 (the shared layer's children in other namespaces left out):\n%s", tree)
 	}
 	out, _, _ := d.subcommand(t, "du", "--json", "-n", "ns3")
 	var r accounting.Report

@@ -28,7 +28,7 @@ func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) in
 	fl := subcommandFlags(g, "containerd-config", stdout, stderr)
 	var o containerdConfigOptions
 	o.register(fl)
-	if _, code, ok := parseArgs(fl, args, 0); !ok {
+	if _, code, ok := parseArgs(fl, args, 0, 0); !ok {
 		return code
 	}
 	if o.restart && !o.write {
@@ -38,6 +38,11 @@ func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) in
 	err := func() error {
 		cfg, err := g.load()
 		if err != nil {
+			return err
+		}
+		// Its log (containerd's restart) in the configured level and
+		// format, as the daemon's.
+		if err := setUpLog(cfg, stderr); err != nil {
 			return err
 		}
 		p, err := o.patch(cfg, stderr)
@@ -174,7 +179,7 @@ func readContainerdConfig(file string, create bool) (in []byte, mode os.FileMode
 		return nil, 0, false, fmt.Errorf("%s does not exist: check --file, or pass --create to start a new config there (containerd reads %s unless started with --config)", file, containerdproc.DefaultConfig)
 	case errors.Is(err, os.ErrNotExist):
 		if fi, err := os.Stat(filepath.Dir(file)); err != nil || !fi.IsDir() {
-			return nil, 0, false, fmt.Errorf("--create: the directory of %s must exist: %v", file, err)
+			return nil, 0, false, fmt.Errorf("--create: %s must be an existing directory", filepath.Dir(file))
 		}
 		return []byte("version = 3\n"), 0o644, false, nil
 	case err != nil:
@@ -193,7 +198,9 @@ func readContainerdConfig(file string, create bool) (in []byte, mode os.FileMode
 func replaceFile(file string, data []byte, mode os.FileMode, existed bool) (backup string, err error) {
 	dir := filepath.Dir(file)
 	if existed {
-		backup = file + ".strata-backup-" + time.Now().UTC().Format("20060102T150405Z")
+		// To the nanosecond: a second change within the second must not
+		// replace the backup of the first.
+		backup = file + ".strata-backup-" + time.Now().UTC().Format("20060102T150405.000000000Z")
 		if err := copyFile(file, backup, mode); err != nil {
 			return "", fmt.Errorf("keep the original: %w", err)
 		}

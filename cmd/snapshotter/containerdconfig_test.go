@@ -146,14 +146,14 @@ func TestContainerdConfigSafety(t *testing.T) {
 	}
 
 	refused("mistyped --file", "does not exist: check --file, or pass --create", "--file", filepath.Join(dir, "conifg.toml"), "--write")
-	refused("--create in a missing directory", "must exist", "--create", "--file", filepath.Join(dir, "etc", "containerd", "config.toml"), "--write")
+	refused("--create in a missing directory", "must be an existing directory", "--create", "--file", filepath.Join(dir, "etc", "containerd", "config.toml"), "--write")
 
 	elsewhere := filepath.Join(t.TempDir(), "config.toml")
 	other := startFakeContainerd(t, elsewhere, false)
 	refused("containerd reading another file", "reads "+elsewhere+", not "+file, "--file", file, "--write", "--restart", "--containerd-address", other.socket)
 
 	shell := startFakeContainerd(t, file, true)
-	refused("containerd under a shell", "runs under the shell sh", "--file", file, "--write", "--restart", "--containerd-address", shell.socket)
+	refused("containerd under a shell", "runs under sh (pid", "--file", file, "--write", "--restart", "--containerd-address", shell.socket)
 	for _, c := range []*fakeContainerd{other, shell} {
 		select {
 		case <-c.exited:
@@ -175,6 +175,16 @@ func TestContainerdConfigSafety(t *testing.T) {
 	fi, _ := os.Stat(file)
 	if string(b) != original || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("backup holds %q, the file's mode is %v; want the original and 0600", b, fi.Mode().Perm())
+	}
+	// A second change at once keeps its own backup: the original's stays.
+	if code := run([]string{"containerd-config", "--file", file, "--cri", "--write"}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("second write: exit %d", code)
+	}
+	if b, _ := os.ReadFile(backups[0]); string(b) != original {
+		t.Fatalf("the second change replaced the original's backup: %q", b)
+	}
+	if all, _ := filepath.Glob(file + ".strata-backup-*"); len(all) != 2 {
+		t.Fatalf("backups after two changes: %v", all)
 	}
 }
 

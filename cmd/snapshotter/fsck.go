@@ -14,7 +14,7 @@ func runFsck(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "fsck", stdout, stderr)
 	repair := fl.Bool("repair", false, "do what start-up does: put back directories of interrupted removals, remove those no snapshot owns (nothing else)")
 	discard := fl.Bool("discard-unindexed", false, "delete the layers no index records: all of them when the index is missing or empty (strata then starts an empty store), else those kept as unindexed")
-	if _, code, ok := parseArgs(fl, args, 0); !ok {
+	if _, code, ok := parseArgs(fl, args, 0, 0); !ok {
 		return code
 	}
 	if *repair && *discard {

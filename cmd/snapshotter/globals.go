@@ -89,6 +89,15 @@ func (g *globals) load() (Config, error) {
 	}
 	if g.metricsAddress.set {
 		cfg.MetricsAddress = g.metricsAddress.value
+		// A socket path, not HOST:PORT: relative to the working
+		// directory, as the other paths given as options.
+		if a := cfg.MetricsAddress; a != "" && !strings.Contains(a, ":") && !filepath.IsAbs(a) {
+			abs, err := filepath.Abs(a)
+			if err != nil {
+				return Config{}, err
+			}
+			cfg.MetricsAddress = abs
+		}
 	}
 	if g.logLevel.set {
 		cfg.LogLevel = g.logLevel.value

@@ -16,7 +16,7 @@ import (
 func runHealth(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "health", stdout, stderr)
 	timeout := fl.Duration("timeout", 5*time.Second, "how long (`D`, such as 10s) to wait for an answer")
-	if _, code, ok := parseArgs(fl, args, 0); !ok {
+	if _, code, ok := parseArgs(fl, args, 0, 0); !ok {
 		return code
 	}
 	fail := func(err error) int {

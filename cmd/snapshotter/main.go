@@ -170,8 +170,8 @@ func parse(fl *flag.FlagSet, args []string) (code int, ok bool) {
 
 // parseArgs parses a subcommand's flags, before and after its positional
 // arguments (inspect KEY --json works as well as inspect --json KEY), and
-// checks it got nargs of them.
-func parseArgs(fl *flag.FlagSet, args []string, nargs int) (positional []string, code int, ok bool) {
+// checks it got between least and most of them.
+func parseArgs(fl *flag.FlagSet, args []string, least, most int) (positional []string, code int, ok bool) {
 	for {
 		if code, ok := parse(fl, args); !ok {
 			return nil, code, false
@@ -182,11 +182,8 @@ func parseArgs(fl *flag.FlagSet, args []string, nargs int) (positional []string,
 		positional = append(positional, fl.Arg(0))
 		args = fl.Args()[1:]
 	}
-	if len(positional) != nargs {
-		what := "no arguments"
-		if nargs == 1 {
-			what = "one argument"
-		}
+	if len(positional) < least || len(positional) > most {
+		what := map[[2]int]string{{0, 0}: "no arguments", {1, 1}: "one argument", {0, 1}: "at most one argument"}[[2]int{least, most}]
 		fmt.Fprintf(fl.Output(), "%s: takes %s, got %d: %s\nRun '%s --help' for usage.\n", fl.Name(), what, len(positional), strings.Join(positional, " "), fl.Name())
 		return nil, exitUsage, false
 	}
@@ -272,7 +269,7 @@ func printFlags(w io.Writer, fl *flag.FlagSet, keep func(string) bool) {
 
 func runHelp(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "help", stdout, stderr)
-	positional, code, ok := parseArgs(fl, args, min(len(args), 1))
+	positional, code, ok := parseArgs(fl, args, 0, 1)
 	if !ok {
 		return code
 	}
@@ -295,7 +292,7 @@ func runHelp(g *globals, args []string, stdout, stderr io.Writer) int {
 
 func runVersion(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "version", stdout, stderr)
-	if _, code, ok := parseArgs(fl, args, 0); !ok {
+	if _, code, ok := parseArgs(fl, args, 0, 0); !ok {
 		return code
 	}
 	fmt.Fprintln(stdout, versionLine())

@@ -36,7 +36,7 @@ func operatorCommand(name string, run operatorRun, nargs int) func(g *globals, a
 		fl.StringVar(&q.namespace, "namespace", "", "the snapshots made in this containerd `NAMESPACE` (as ctr -n and nerdctl --namespace name it) and the layers they stand on")
 		fl.StringVar(&q.namespace, "n", "", "short for --namespace `NAMESPACE`")
 		fl.BoolVar(&q.json, "json", false, "print the admin API's JSON instead of a table")
-		positional, code, ok := parseArgs(fl, args, nargs)
+		positional, code, ok := parseArgs(fl, args, nargs, nargs)
 		if !ok {
 			return code
 		}
@@ -128,8 +128,16 @@ func cmdTree(ctx context.Context, c *admin.Client, q query, out io.Writer) error
 			mark = " *"
 		}
 		fmt.Fprintf(out, "%s%s%s (%s, %s)%s\n", indent, branch, s.Key, s.Kind, humanBytes(s.Usage.Bytes), mark)
-		for i, child := range s.Children {
-			walk(child, indent+next, i == len(s.Children)-1, false)
+		// With a namespace, children of a shared layer in other
+		// namespaces are not shown.
+		var children []string
+		for _, c := range s.Children {
+			if _, ok := byKey[c]; ok {
+				children = append(children, c)
+			}
+		}
+		for i, child := range children {
+			walk(child, indent+next, i == len(children)-1, false)
 		}
 	}
 	for _, r := range roots {
