@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/containerdconfig"
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // This file is the harness: it starts strata, containerd (and, for the tests
@@ -252,28 +253,9 @@ func newEnv(t testing.TB, opts EnvOptions) *Env {
 func (e *Env) StartStrata() {
 	e.t.Helper()
 	// Ready as systemd learns it (Type=notify): READY=1 on NOTIFY_SOCKET.
-	notifyPath := filepath.Join(e.Dir, "strata.notify")
-	os.Remove(notifyPath) // a restarted strata's, from its previous start
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer notify.Close()
-	ready := make(chan struct{})
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := notify.Read(buf)
-			if err != nil {
-				return
-			}
-			if strings.Contains(string(buf[:n]), "READY=1") {
-				close(ready)
-				return
-			}
-		}
-	}()
-	e.Strata = startProc(e.t, e.Dir, "strata", "env", "NOTIFY_SOCKET="+notify.LocalAddr().String(), strataBinary,
+	notify := filepath.Join(e.Dir, "strata.notify")
+	ready := testutil.NotifySocket(e.t, notify)
+	e.Strata = startProc(e.t, e.Dir, "strata", "env", "NOTIFY_SOCKET="+notify, strataBinary,
 		"--root", e.StrataRoot, "--address", e.StrataSock, "--admin-address", e.AdminSock, "--log-level", e.logLevel(),
 		"--config", filepath.Join(e.Dir, "strata.toml"))
 	select {

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/proxy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
 )
 
 // binary is the strata-snapshotter built once for the tests in this package.
@@ -59,8 +60,8 @@ type daemon struct {
 
 	mu     sync.Mutex
 	output bytes.Buffer
-	lines  chan string   // every line the daemon logs, for waitFor
-	ready  chan struct{} // closed when the daemon notifies READY=1
+	lines  chan string     // every line the daemon logs, for waitFor
+	ready  <-chan struct{} // closed when the daemon notifies READY=1
 	exited chan struct{}
 	err    error // the process's exit status, once exited is closed
 }
@@ -136,27 +137,10 @@ func launch(t testing.TB, root string, args ...string) (*daemon, error) {
 	// Readiness as systemd learns it (Type=notify): READY=1 on a
 	// datagram socket named by NOTIFY_SOCKET. A test that listens there
 	// itself (TestSystemdNotify) keeps its own.
-	d.ready = make(chan struct{})
 	if os.Getenv("NOTIFY_SOCKET") == "" {
-		notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "notify.sock"), Net: "unixgram"})
-		if err != nil {
-			return nil, err
-		}
-		t.Cleanup(func() { notify.Close() })
-		d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.LocalAddr().String())
-		go func() {
-			buf := make([]byte, 4096)
-			for {
-				n, err := notify.Read(buf)
-				if err != nil {
-					return
-				}
-				if strings.Contains(string(buf[:n]), "READY=1") {
-					close(d.ready)
-					return
-				}
-			}
-		}()
+		notify := filepath.Join(dir, "notify.sock")
+		d.ready = testutil.NotifySocket(t, notify)
+		d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify)
 	}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {

@@ -3,8 +3,10 @@ package testutil
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -70,4 +72,33 @@ func WithMount(t testing.TB, ms []mount.Mount, fn func(dir string)) {
 		}
 	}()
 	fn(dir)
+}
+
+// NotifySocket listens where a daemon started with NOTIFY_SOCKET=path tells
+// its service manager it is ready, as systemd's Type=notify does; ready is
+// closed when READY=1 arrives. A leftover socket at path (a restarted
+// daemon's) is replaced.
+func NotifySocket(t testing.TB, path string) (ready <-chan struct{}) {
+	t.Helper()
+	os.Remove(path)
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := make(chan struct{})
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			if strings.Contains(string(buf[:n]), "READY=1") {
+				close(c)
+				return
+			}
+		}
+	}()
+	return c
 }
