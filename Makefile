@@ -99,18 +99,19 @@ install: build
 	if [ ! -e $(CONFIG) ]; then install -D -m 0600 config.toml.example $(CONFIG) && install -D -m 0644 config.toml.example $(PRISTINE); fi
 
 # Removes what install added; a config edited since install wrote it is
-# kept. Refuses while the unit is enabled or the daemon runs: stop it
-# first, and take strata out of containerd's config.
+# kept. Refuses while the unit is enabled, the daemon runs, or containerd's
+# config registers strata.
 uninstall:
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet strata 2>/dev/null; then \
 		echo "strata.service is enabled: run 'systemctl disable --now strata' first, and take strata out of containerd's config"; exit 1; fi
 	@if [ -z "$(DESTDIR)" ] && pids=$$(pgrep -x -d ' ' strata-snapshot); then \
 		echo "strata-snapshotter is running (pid $$pids): stop it first, and take strata out of containerd's config"; exit 1; fi
+	@if [ -z "$(DESTDIR)" ] && grep -qs '^\[proxy_plugins\.strata\]' /etc/containerd/config.toml; then \
+		echo "/etc/containerd/config.toml registers strata: put back the backup containerd-config kept (config.toml.strata-backup-TIME) or delete its entries, restart containerd, then uninstall"; exit 1; fi
 	rm -f $(DESTDIR)$(BINDIR)/strata-snapshotter $(UNIT)
 	@if [ -e $(PRISTINE) ] && cmp -s $(PRISTINE) $(CONFIG); then \
-		rm -f $(CONFIG); rmdir --ignore-fail-on-non-empty $(dir $(CONFIG)); \
+		echo "rm -f $(CONFIG)"; rm -f $(CONFIG); rmdir --ignore-fail-on-non-empty $(dir $(CONFIG)); \
 	elif [ -e $(PRISTINE) ] && [ -e $(CONFIG) ]; then echo "kept $(CONFIG): edited since install wrote it"; \
 	elif [ -e $(CONFIG) ]; then echo "kept $(CONFIG): installed by an older version, which kept no copy to compare with; remove it if you never edited it"; fi
 	rm -f $(PRISTINE)
 	-rmdir --ignore-fail-on-non-empty $(dir $(PRISTINE))
-	@echo "if containerd's config registers strata, put back the backup containerd-config kept (FILE.strata-backup-TIME) or delete its entries, and restart containerd"

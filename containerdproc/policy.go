@@ -14,28 +14,29 @@ type Plan struct {
 	// Running is false when nothing listens on Socket: containerd reads
 	// the file when it starts, and nothing is restarted.
 	Running bool
+	// Refusal, when set, is why this containerd must not be restarted (it
+	// reads another file, or nothing would start it again): an error
+	// only when a restart is called for.
+	Refusal error
 	started time.Time
 }
 
-// PlanRestart checks, before the file is touched, that restarting the
-// containerd on socket would do what it is for: that it reads file, and that
-// something starts it again once it stops.
+// PlanRestart finds the containerd on socket and checks, before the file is
+// touched, that restarting it would do what it is for: that it reads file,
+// and that something starts it again once it stops (else Refusal says why).
 func PlanRestart(ctx context.Context, socket, file string) (Plan, error) {
 	plan := Plan{Socket: socket, File: file}
 	p, running, err := Find(ctx, socket)
 	if err != nil || !running {
 		return plan, err
 	}
-	if err := p.Reads(file); err != nil {
-		return plan, err
-	}
-	if err := p.Supervised(); err != nil {
-		return plan, err
-	}
 	if plan.started, err = StartTime(p.PID); err != nil {
 		return plan, err
 	}
 	plan.Running = true
+	if plan.Refusal = p.Reads(file); plan.Refusal == nil {
+		plan.Refusal = p.Supervised()
+	}
 	return plan, nil
 }
 

@@ -90,9 +90,13 @@ func keepsMapping(old, updated metadata.Snapshot) error {
 		return nil
 	}
 	for _, k := range []string{snapshots.LabelSnapshotUIDMapping, snapshots.LabelSnapshotGIDMapping} {
-		if old.Labels[k] != updated.Labels[k] {
-			return fmt.Errorf("label %s of snapshot %q is its ID mapping, fixed when it was made (%q, not %q): %w",
-				k, old.Key, old.Labels[k], updated.Labels[k], errdefs.ErrFailedPrecondition)
+		if was, now := old.Labels[k], updated.Labels[k]; was != now {
+			made := fmt.Sprintf("%q", was)
+			if was == "" {
+				made = "none"
+			}
+			return fmt.Errorf("label %s of snapshot %q is its ID mapping, fixed when it was made (%s, not %q): %w",
+				k, old.Key, made, now, errdefs.ErrFailedPrecondition)
 		}
 	}
 	return nil

@@ -70,7 +70,7 @@ func TestCommandLine(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--no-such-flag"}, "flag provided but not defined: -no-such-flag"},
+		{[]string{"--no-such-flag"}, "flag provided but not defined: --no-such-flag"},
 		{[]string{"ls", "extra"}, "strata-snapshotter ls: takes no arguments, got 1: extra"},
 		{[]string{"inspect"}, "strata-snapshotter inspect: takes one argument, got 0"},
 		{[]string{"lss"}, `unknown command "lss"`},

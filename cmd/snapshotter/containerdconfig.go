@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
@@ -32,8 +33,7 @@ func runContainerdConfig(g *globals, args []string, stdout, stderr io.Writer) in
 		return code
 	}
 	if o.restart && !o.write {
-		fmt.Fprintln(stderr, "strata-snapshotter containerd-config: --restart needs --write")
-		return exitUsage
+		return usageError(stderr, "strata-snapshotter containerd-config", "--restart needs --write")
 	}
 	err := func() error {
 		cfg, err := g.load()
@@ -126,11 +126,22 @@ func (p patched) preview(stdout, stderr io.Writer) {
 func (o *containerdConfigOptions) writeAndRestart(p patched, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), o.restartTimeout)
 	defer cancel()
-	var plan containerdproc.Plan
+	// Every reason to refuse a restart the change calls for comes before
+	// the file is touched.
+	var (
+		plan containerdproc.Plan
+		why  string
+	)
 	if o.restart {
 		var err error
 		if plan, err = containerdproc.PlanRestart(ctx, o.containerdAddress.value, o.file.value); err != nil {
 			return fmt.Errorf("--restart: %w", err)
+		}
+		if why, err = plan.Why(p.changed); err != nil {
+			return err
+		}
+		if why != "" && plan.Refusal != nil {
+			return fmt.Errorf("--restart: %w", plan.Refusal)
 		}
 	}
 	if p.changed {
@@ -152,9 +163,8 @@ func (o *containerdConfigOptions) writeAndRestart(p patched, stdout, stderr io.W
 		fmt.Fprintf(stderr, "no containerd listens on %s; it reads the file when it starts\n", plan.Socket)
 		return nil
 	}
-	why, err := plan.Why(p.changed)
-	if err != nil || why == "" {
-		return err // nil and no reason: containerd has read the file
+	if why == "" {
+		return nil // containerd has read the file
 	}
 	if !p.changed {
 		fmt.Fprintln(stdout, why)
@@ -184,6 +194,9 @@ func readContainerdConfig(file string, create bool) (in []byte, mode os.FileMode
 		return []byte("version = 3\n"), 0o644, false, nil
 	case err != nil:
 		return nil, 0, false, err
+	}
+	if strings.TrimSpace(string(in)) == "" {
+		return nil, 0, false, fmt.Errorf("%s is empty: fill it with 'containerd config default > %s' (did that command run?), or remove it and pass --create", file, file)
 	}
 	fi, err := os.Stat(file)
 	if err != nil {

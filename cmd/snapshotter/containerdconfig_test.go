@@ -186,6 +186,19 @@ func TestContainerdConfigSafety(t *testing.T) {
 	if all, _ := filepath.Glob(file + ".strata-backup-*"); len(all) != 2 {
 		t.Fatalf("backups after two changes: %v", all)
 	}
+
+	// A containerd that nothing would restart is no reason to refuse when
+	// no restart is called for: it started after the file's last change.
+	past := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(file, past, past); err != nil {
+		t.Fatal(err)
+	}
+	later := startFakeContainerd(t, file, true)
+	out.Reset()
+	stderr.Reset()
+	if code := run([]string{"containerd-config", "--file", file, "--cri", "--write", "--restart", "--containerd-address", later.socket}, &out, &stderr); code != 0 || out.String() != "unchanged\n" {
+		t.Fatalf("nothing to restart: exit %d, %q %q", code, out.String(), stderr.String())
+	}
 }
 
 // fakeContainerdEnv makes the test binary a stand-in for containerd:

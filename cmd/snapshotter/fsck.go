@@ -18,8 +18,7 @@ func runFsck(g *globals, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if *repair && *discard {
-		fmt.Fprintln(stderr, "strata-snapshotter fsck: --repair and --discard-unindexed do not go together")
-		return exitUsage
+		return usageError(stderr, "strata-snapshotter fsck", "--repair and --discard-unindexed do not go together")
 	}
 	cfg, err := g.load()
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -148,6 +149,17 @@ func newFlagSet(name string, stdout, stderr io.Writer) *flag.FlagSet {
 	return fl
 }
 
+// usageError says what is wrong with the command line and where the help
+// is, and returns the exit code for it.
+func usageError(w io.Writer, command, msg string) int {
+	fmt.Fprintf(w, "%s: %s\nRun '%s --help' for usage.\n", command, msg, command)
+	return exitUsage
+}
+
+// flagNameRE finds the flag a parse error names, with the one dash Go's
+// flag package writes; help and the README write two.
+var flagNameRE = regexp.MustCompile(`(^|: | for flag )-([a-z][a-z-]+)`)
+
 // parse parses flags up to the first argument that is not one. When ok is
 // false the command exits with code: 0 for --help (the help went to
 // stdout, since it was asked for), 2 for a bad flag (said once, on stderr).
@@ -162,8 +174,7 @@ func parse(fl *flag.FlagSet, args []string) (code int, ok bool) {
 		out.(streams).stdout.Write(help.Bytes())
 		return 0, false
 	case err != nil:
-		fmt.Fprintf(out, "%s: %v\nRun '%s --help' for usage.\n", fl.Name(), err, fl.Name())
-		return exitUsage, false
+		return usageError(out, fl.Name(), flagNameRE.ReplaceAllString(err.Error(), "$1--$2")), false
 	}
 	return 0, true
 }
@@ -184,8 +195,11 @@ func parseArgs(fl *flag.FlagSet, args []string, least, most int) (positional []s
 	}
 	if len(positional) < least || len(positional) > most {
 		what := map[[2]int]string{{0, 0}: "no arguments", {1, 1}: "one argument", {0, 1}: "at most one argument"}[[2]int{least, most}]
-		fmt.Fprintf(fl.Output(), "%s: takes %s, got %d: %s\nRun '%s --help' for usage.\n", fl.Name(), what, len(positional), strings.Join(positional, " "), fl.Name())
-		return nil, exitUsage, false
+		msg := fmt.Sprintf("takes %s, got %d", what, len(positional))
+		if len(positional) > 0 {
+			msg += ": " + strings.Join(positional, " ")
+		}
+		return nil, usageError(fl.Output(), fl.Name(), msg), false
 	}
 	return positional, 0, true
 }
@@ -283,8 +297,7 @@ func runHelp(g *globals, args []string, stdout, stderr io.Writer) int {
 	}
 	cmd, ok := lookup(positional[0])
 	if !ok {
-		fmt.Fprintf(stderr, "strata-snapshotter help: unknown command %q\n", positional[0])
-		return exitUsage
+		return usageError(stderr, "strata-snapshotter help", fmt.Sprintf("unknown command %q", positional[0]))
 	}
 	// A command's help is its --help, on stdout since it was asked for.
 	return cmd.run(&globals{}, []string{"--help"}, stdout, stdout)
