@@ -5,6 +5,7 @@
 package integration
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -48,6 +49,13 @@ func mainWithCleanup(m *testing.M) int {
 		return 1
 	}
 	defer reapAll()
+	// containerd's shims and runc keep state under fixed host paths
+	// (/run/containerd/s, fifo, runc/<namespace>) whatever containerd's
+	// own state directory: remove what the tests made there, if they made
+	// the directory, once it is empty of everything but directories.
+	if _, err := os.Stat(containerdRun); errors.Is(err, os.ErrNotExist) {
+		defer removeEmptyDirs(containerdRun)
+	}
 	work, err := os.MkdirTemp("", "strata-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -83,6 +91,24 @@ func mainWithCleanup(m *testing.M) int {
 		return 1
 	}
 	return m.Run()
+}
+
+// containerdRun is where containerd's shims and runc keep their state.
+const containerdRun = "/run/containerd"
+
+// removeEmptyDirs removes dir and the directories under it, bottom up, if
+// they hold nothing else: a file anywhere keeps it and its parents.
+func removeEmptyDirs(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			removeEmptyDirs(filepath.Join(dir, e.Name()))
+		}
+	}
+	os.Remove(dir) // fails, harmlessly, unless empty
 }
 
 // installTools runs an installer under tools/, which builds the pinned tools
