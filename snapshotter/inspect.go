@@ -6,7 +6,6 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/errdefs"
 
 	"github.com/strata-snapshotter/strata/metadata"
 )
@@ -51,20 +50,33 @@ func (s *snapshotter) Details(ctx context.Context) ([]Detail, error) {
 // Detail describes the snapshot key, measuring only its own layer: one
 // inspect does not walk every running container's upper directory.
 func (s *snapshotter) Detail(ctx context.Context, key string) (Detail, error) {
-	details, err := s.index(ctx, func(name string) bool { return name == key })
+	var d Detail
+	err := s.db.View(func(tx *metadata.Tx) error {
+		rec, err := tx.Get(key)
+		if err != nil {
+			return err
+		}
+		d, err = s.detail(tx, rec)
+		return err
+	})
 	if err != nil {
 		return Detail{}, err
 	}
-	if len(details) == 0 {
-		return Detail{}, fmt.Errorf("snapshot %q: %w", key, errdefs.ErrNotFound)
-	}
-	return details[0], measure(ctx, &details[0])
+	return d, measure(ctx, &d)
 }
 
 // Index describes every snapshot from the index alone: an active
 // snapshot's usage is left at zero, unmeasured.
 func (s *snapshotter) Index(ctx context.Context) ([]Detail, error) {
-	return s.index(ctx, func(string) bool { return true })
+	var details []Detail
+	err := s.db.View(func(tx *metadata.Tx) error {
+		return tx.Walk(func(rec metadata.Snapshot) error {
+			d, err := s.detail(tx, rec)
+			details = append(details, d)
+			return err
+		})
+	})
+	return details, err
 }
 
 // measure fills in an active snapshot's usage by walking its directory.
@@ -80,37 +92,27 @@ func measure(ctx context.Context, d *Detail) error {
 	return nil
 }
 
-// index describes the snapshots keep selects, from the index alone.
-func (s *snapshotter) index(ctx context.Context, keep func(name string) bool) ([]Detail, error) {
-	var details []Detail
-	err := s.db.View(func(tx *metadata.Tx) error {
-		return tx.Walk(func(rec metadata.Snapshot) error {
-			if !keep(rec.Key) {
-				return nil
-			}
-			lowers, err := tx.ChainDirs(rec)
-			if err != nil {
-				return err
-			}
-			d := Detail{Info: rec.Info(), ID: rec.ID, Usage: rec.Usage, Dir: s.layout.layer(rec.DirName)}
-			for _, dir := range lowers {
-				d.LowerDirs = append(d.LowerDirs, s.layout.layer(dir))
-			}
-			if rec.Kind == snapshots.KindActive && !rec.Staged {
-				d.WorkDir = s.layout.work(rec.DirName)
-			}
-			mapping := s.mappingFor(rec.Labels, lowers)
-			if rec.Kind != snapshots.KindCommitted {
-				d.Mounts = s.mounts(rec, lowers, mapping)
-			}
-			if mapping != nil {
-				d.UIDMapping, d.GIDMapping = mapping.uids, mapping.gids
-			}
-			details = append(details, d)
-			return nil
-		})
-	})
-	return details, err
+// detail describes rec from the index alone.
+func (s *snapshotter) detail(tx *metadata.Tx, rec metadata.Snapshot) (Detail, error) {
+	lowers, err := tx.ChainDirs(rec)
+	if err != nil {
+		return Detail{}, err
+	}
+	d := Detail{Info: rec.Info(), ID: rec.ID, Usage: rec.Usage, Dir: s.layout.layer(rec.DirName)}
+	for _, dir := range lowers {
+		d.LowerDirs = append(d.LowerDirs, s.layout.layer(dir))
+	}
+	if rec.Kind == snapshots.KindActive && !rec.Staged {
+		d.WorkDir = s.layout.work(rec.DirName)
+	}
+	mapping := s.mappingFor(rec.Labels, lowers)
+	if rec.Kind != snapshots.KindCommitted {
+		d.Mounts = s.mounts(rec, lowers, mapping)
+	}
+	if mapping != nil {
+		d.UIDMapping, d.GIDMapping = mapping.uids, mapping.gids
+	}
+	return d, nil
 }
 
 // Stats is a summary of the store from the index alone, cheap enough for
