@@ -86,16 +86,19 @@ func (o *containerdConfigOptions) register(fl *flag.FlagSet) {
 
 // patched is containerd's config file with strata registered.
 type patched struct {
-	out     []byte
+	in, out []byte // the file as it was (nil when it did not exist) and as patched
 	changed bool
 	mode    os.FileMode
-	existed bool
 }
 
 func (o *containerdConfigOptions) patch(cfg Config, stderr io.Writer) (patched, error) {
-	in, mode, existed, err := readContainerdConfig(o.file.value, o.create)
+	in, mode, err := readContainerdConfig(o.file.value, o.create)
 	if err != nil {
 		return patched{}, err
+	}
+	src := in
+	if src == nil { // --create: a new file
+		src = []byte("version = 3\n")
 	}
 	// remap-ids only where the kernel does idmapped mounts; elsewhere
 	// containerd falls back to copying the image for a user namespace.
@@ -103,11 +106,11 @@ func (o *containerdConfigOptions) patch(cfg Config, stderr io.Writer) (patched, 
 	if !remap {
 		fmt.Fprintf(stderr, "idmapped mounts unsupported here (%v): not advertising remap-ids; containerd copies the image, chowned, for each user namespace\n", err)
 	}
-	out, changed, err := containerdconfig.Patch(in, containerdconfig.Options{Address: cfg.Address, Root: cfg.Root, CRI: o.cri, RemapIDs: remap, RuntimeHandler: o.handler, BootstrapHandler: o.bootstrap})
+	out, changed, err := containerdconfig.Patch(src, containerdconfig.Options{Address: cfg.Address, Root: cfg.Root, CRI: o.cri, RemapIDs: remap, RuntimeHandler: o.handler, BootstrapHandler: o.bootstrap})
 	if err != nil {
 		return patched{}, fmt.Errorf("%s: %w", o.file.value, err)
 	}
-	return patched{out: out, changed: changed, mode: mode, existed: existed}, nil
+	return patched{in: in, out: out, changed: changed, mode: mode}, nil
 }
 
 // preview prints the patched file, to review.
@@ -126,26 +129,15 @@ func (p patched) preview(stdout, stderr io.Writer) {
 func (o *containerdConfigOptions) writeAndRestart(p patched, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), o.restartTimeout)
 	defer cancel()
-	// Every reason to refuse a restart the change calls for comes before
-	// the file is touched.
-	var (
-		plan containerdproc.Plan
-		why  string
-	)
+	var plan containerdproc.Plan
 	if o.restart {
 		var err error
-		if plan, err = containerdproc.PlanRestart(ctx, o.containerdAddress.value, o.file.value); err != nil {
+		if plan, err = containerdproc.PlanRestart(ctx, o.containerdAddress.value, o.file.value, p.changed); err != nil {
 			return fmt.Errorf("--restart: %w", err)
-		}
-		if why, err = plan.Why(p.changed); err != nil {
-			return err
-		}
-		if why != "" && plan.Refusal != nil {
-			return fmt.Errorf("--restart: %w", plan.Refusal)
 		}
 	}
 	if p.changed {
-		backup, err := replaceFile(o.file.value, p.out, p.mode, p.existed)
+		backup, err := replaceFile(o.file.value, p)
 		if err != nil {
 			return err
 		}
@@ -163,11 +155,11 @@ func (o *containerdConfigOptions) writeAndRestart(p patched, stdout, stderr io.W
 		fmt.Fprintf(stderr, "no containerd listens on %s; it reads the file when it starts\n", plan.Socket)
 		return nil
 	}
-	if why == "" {
+	if plan.Reason == "" {
 		return nil // containerd has read the file
 	}
 	if !p.changed {
-		fmt.Fprintln(stdout, why)
+		fmt.Fprintln(stdout, plan.Reason)
 	}
 	if err := containerdproc.WaitStartAnswered(ctx, plan.Socket, o.podUID, os.Getpid()); err != nil {
 		return err
@@ -181,61 +173,50 @@ func (o *containerdConfigOptions) writeAndRestart(p patched, stdout, stderr io.W
 
 // readContainerdConfig reads containerd's config and its mode. A missing
 // file is refused unless create is set (a mistyped --file must not start a
-// config nobody reads), and even then its directory must exist.
-func readContainerdConfig(file string, create bool) (in []byte, mode os.FileMode, existed bool, err error) {
+// config nobody reads), and even then its directory must exist; in is nil
+// then.
+func readContainerdConfig(file string, create bool) (in []byte, mode os.FileMode, err error) {
 	in, err = os.ReadFile(file)
 	switch {
 	case errors.Is(err, os.ErrNotExist) && !create:
-		return nil, 0, false, fmt.Errorf("%s does not exist: check --file, or pass --create to start a new config there (containerd reads %s unless started with --config)", file, containerdproc.DefaultConfig)
+		return nil, 0, fmt.Errorf("%s does not exist: check --file, or pass --create to start a new config there (containerd reads %s unless started with --config)", file, containerdproc.DefaultConfig)
 	case errors.Is(err, os.ErrNotExist):
 		if fi, err := os.Stat(filepath.Dir(file)); err != nil || !fi.IsDir() {
-			return nil, 0, false, fmt.Errorf("--create: %s must be an existing directory", filepath.Dir(file))
+			return nil, 0, fmt.Errorf("--create: %s must be an existing directory", filepath.Dir(file))
 		}
-		return []byte("version = 3\n"), 0o644, false, nil
+		return nil, 0o644, nil
 	case err != nil:
-		return nil, 0, false, err
+		return nil, 0, err
 	}
 	if strings.TrimSpace(string(in)) == "" {
-		return nil, 0, false, fmt.Errorf("%s is empty: fill it with 'containerd config default > %s' (did that command run?), or remove it and pass --create", file, file)
+		return nil, 0, fmt.Errorf("%s is empty: fill it with 'containerd config default > %s' (did that command run?), or remove it and pass --create", file, file)
 	}
 	fi, err := os.Stat(file)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, 0, err
 	}
-	return in, fi.Mode().Perm(), true, nil
+	return in, fi.Mode().Perm(), nil
 }
 
-// replaceFile replaces file atomically, so containerd never reads half of
-// it, after keeping the original (when there was one) beside it as
-// FILE.strata-backup-TIME; it returns that backup's path.
-func replaceFile(file string, data []byte, mode os.FileMode, existed bool) (backup string, err error) {
-	dir := filepath.Dir(file)
-	if existed {
+// replaceFile replaces file with p's patched text atomically, so containerd
+// never reads half of it, after keeping the original (when there was one)
+// beside it as FILE.strata-backup-TIME; it returns that backup's path.
+func replaceFile(file string, p patched) (backup string, err error) {
+	if p.in != nil {
 		// To the nanosecond: a second change within the second must not
 		// replace the backup of the first.
 		backup = file + ".strata-backup-" + time.Now().UTC().Format("20060102T150405.000000000Z")
-		if err := copyFile(file, backup, mode); err != nil {
+		if err := writeSynced(backup, p.in, p.mode); err != nil {
 			return "", fmt.Errorf("keep the original: %w", err)
 		}
 	}
-	if err := writeSynced(dir, ".config.toml-", data, mode, func(tmp string) error { return os.Rename(tmp, file) }); err != nil {
-		return "", err
-	}
-	return backup, nil
+	return backup, writeSynced(file, p.out, p.mode)
 }
 
-func copyFile(from, to string, mode os.FileMode) error {
-	b, err := os.ReadFile(from)
-	if err != nil {
-		return err
-	}
-	return writeSynced(filepath.Dir(to), ".backup-", b, mode, func(tmp string) error { return os.Rename(tmp, to) })
-}
-
-// writeSynced writes data to a new file in dir, flushed, then hands it to
-// place (which renames it into place).
-func writeSynced(dir, pattern string, data []byte, mode os.FileMode, place func(tmp string) error) error {
-	tmp, err := os.CreateTemp(dir, pattern)
+// writeSynced writes data to a new file beside path, flushed, and renames
+// it into place.
+func writeSynced(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-")
 	if err != nil {
 		return err
 	}
@@ -253,5 +234,5 @@ func writeSynced(dir, pattern string, data []byte, mode os.FileMode, place func(
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return place(tmp.Name())
+	return os.Rename(tmp.Name(), path)
 }
