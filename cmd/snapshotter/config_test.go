@@ -195,6 +195,13 @@ func TestConfigRelativeFlags(t *testing.T) {
 	if cfg.Root != filepath.Join(wd, "var/lib/strata") || cfg.Address != filepath.Join(wd, "s/strata.sock") || cfg.AdminAddress != filepath.Join(wd, "s/strata.admin.sock") {
 		t.Fatalf("relative flags resolved to root %q, address %q, admin %q", cfg.Root, cfg.Address, cfg.AdminAddress)
 	}
+	// A metrics socket is a path too; HOST:PORT is not.
+	for arg, want := range map[string]string{"m.sock": filepath.Join(wd, "m.sock"), "127.0.0.1:9477": "127.0.0.1:9477"} {
+		cfg, err := parseConfig([]string{"--config", writeConfig(t, ""), "--metrics-address", arg})
+		if err != nil || cfg.MetricsAddress != want {
+			t.Errorf("--metrics-address %s: %q, %v; want %q", arg, cfg.MetricsAddress, err, want)
+		}
+	}
 }
 
 // TestBadConfigExitsOne: the command prints the problem and exits 1.

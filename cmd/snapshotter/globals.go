@@ -21,14 +21,15 @@ type setting struct {
 	value string
 	set   bool
 	// path: a relative value is made absolute against the working
-	// directory, as every command-line tool reads a path.
-	path bool
+	// directory, as every command-line tool reads a path; hostPort: a
+	// value with a colon is HOST:PORT, not a path.
+	path, hostPort bool
 }
 
 func (s *setting) String() string { return s.value }
 
 func (s *setting) Set(v string) error {
-	if s.path && v != "" {
+	if s.path && v != "" && !(s.hostPort && strings.Contains(v, ":")) {
 		abs, err := filepath.Abs(v)
 		if err != nil {
 			return err
@@ -39,17 +40,19 @@ func (s *setting) Set(v string) error {
 	return nil
 }
 
-var globalFlags = map[string]bool{
-	"config": true, "root": true, "address": true, "admin-address": true,
-	"metrics-address": true, "log-level": true, "log-format": true,
+// isGlobal says whether a flag of that name is a global option, one that
+// register adds.
+func isGlobal(name string) bool {
+	fl := flag.NewFlagSet("", flag.ContinueOnError)
+	(&globals{}).register(fl)
+	return fl.Lookup(name) != nil
 }
-
-func isGlobal(name string) bool { return globalFlags[name] }
 
 // register adds the global options to fl, bound to g, so a value given
 // before the subcommand is kept and one after it overrides it.
 func (g *globals) register(fl *flag.FlagSet) {
 	g.config.path, g.root.path, g.address.path, g.adminAddress.path = true, true, true, true
+	g.metricsAddress.path, g.metricsAddress.hostPort = true, true
 	if !g.config.set {
 		g.config.value = defaultConfigPath
 	}
@@ -66,10 +69,7 @@ func (g *globals) register(fl *flag.FlagSet) {
 // options given on the command line, and validates the result.
 func (g *globals) load() (Config, error) {
 	cfg := defaultConfig()
-	path := g.config.value
-	if path == "" {
-		path = defaultConfigPath
-	}
+	path := g.config.value // register's default when not given
 	if err := loadFile(&cfg, path, g.config.set); err != nil {
 		return Config{}, err
 	}
@@ -89,15 +89,6 @@ func (g *globals) load() (Config, error) {
 	}
 	if g.metricsAddress.set {
 		cfg.MetricsAddress = g.metricsAddress.value
-		// A socket path, not HOST:PORT: relative to the working
-		// directory, as the other paths given as options.
-		if a := cfg.MetricsAddress; a != "" && !strings.Contains(a, ":") && !filepath.IsAbs(a) {
-			abs, err := filepath.Abs(a)
-			if err != nil {
-				return Config{}, err
-			}
-			cfg.MetricsAddress = abs
-		}
 	}
 	if g.logLevel.set {
 		cfg.LogLevel = g.logLevel.value

@@ -82,11 +82,7 @@ func lookup(name string) (command, bool) {
 // run is the whole command; it returns the process's exit code.
 func run(args []string, stdout, stderr io.Writer) int {
 	var g globals
-	fl := newFlagSet("strata-snapshotter", stdout, stderr)
-	g.register(fl)
-	showVersion := fl.Bool("version", false, "print the version and exit")
-	fl.BoolVar(showVersion, "v", false, "print the version and exit (short for --version)")
-	fl.Usage = func() { printHelp(fl.Output(), fl) }
+	fl, showVersion := topFlags(&g, stdout, stderr)
 	if code, ok := parse(fl, args); !ok {
 		return code
 	}
@@ -121,6 +117,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	log.L.Info("strata-snapshotter stopped")
 	return 0
+}
+
+// topFlags is the flag set before any command: the global options and
+// --version.
+func topFlags(g *globals, stdout, stderr io.Writer) (*flag.FlagSet, *bool) {
+	fl := newFlagSet("strata-snapshotter", stdout, stderr)
+	g.register(fl)
+	showVersion := fl.Bool("version", false, "print the version and exit")
+	fl.BoolVar(showVersion, "v", false, "print the version and exit (short for --version)")
+	fl.Usage = func() { printHelp(fl.Output(), fl) }
+	return fl, showVersion
 }
 
 // setUpLog points the log at stderr in the configured level and format,
@@ -288,10 +295,7 @@ func runHelp(g *globals, args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	if len(positional) == 0 {
-		top := newFlagSet("strata-snapshotter", stdout, stdout)
-		(&globals{}).register(top)
-		top.Bool("version", false, "print the version and exit")
-		top.Bool("v", false, "print the version and exit (short for --version)")
+		top, _ := topFlags(&globals{}, stdout, stdout)
 		printHelp(stdout, top)
 		return 0
 	}
