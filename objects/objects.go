@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containerd/continuity/sysx"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
@@ -182,38 +183,18 @@ func replaceWithLink(target, p string) error {
 
 // userXattrs reads path's xattrs, refusing the kernel's own namespace.
 func userXattrs(path string) (map[string][]byte, error) {
-	size, err := unix.Llistxattr(path, nil)
-	if err != nil || size == 0 {
-		return nil, err
-	}
-	buf := make([]byte, size)
-	n, err := unix.Llistxattr(path, buf)
+	names, err := sysx.LListxattr(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list xattrs of %s: %w", path, err)
 	}
 	xattrs := map[string][]byte{}
-	for _, k := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+	for _, k := range names {
 		if strings.HasPrefix(k, overlayXattrPrefix) {
 			return nil, fmt.Errorf("%s carries the kernel's xattr %s: a layer must not point overlayfs at other data", path, k)
 		}
-		v, err := lgetxattr(path, k)
-		if err != nil {
-			return nil, err
+		if xattrs[k], err = sysx.LGetxattr(path, k); err != nil {
+			return nil, fmt.Errorf("read xattr %s of %s: %w", k, path, err)
 		}
-		xattrs[k] = v
 	}
 	return xattrs, nil
-}
-
-func lgetxattr(path, key string) ([]byte, error) {
-	size, err := unix.Lgetxattr(path, key, nil)
-	if err != nil {
-		return nil, fmt.Errorf("read xattr %s of %s: %w", key, path, err)
-	}
-	buf := make([]byte, size)
-	n, err := unix.Lgetxattr(path, key, buf)
-	if err != nil {
-		return nil, fmt.Errorf("read xattr %s of %s: %w", key, path, err)
-	}
-	return buf[:n], nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/continuity/sysx"
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/internal/testutil"
@@ -41,7 +42,7 @@ func look(t *testing.T, dir string, names ...string) map[string]entry {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v, _ := lgetxattr(p, "user.tag")
+		v, _ := sysx.LGetxattr(p, "user.tag")
 		e := entry{mode: st.Mode, uid: st.Uid, gid: st.Gid, size: st.Size, nlink: uint64(st.Nlink), mtime: st.Mtim, xattr: string(v), content: b, sameInode: inodes[st.Ino]}
 		if _, ok := inodes[st.Ino]; !ok {
 			inodes[st.Ino] = n
