@@ -343,6 +343,9 @@ func describeType(p string, st *unix.Stat_t, n node) error {
 		n["type"] = "dir"
 	case unix.S_IFREG:
 		n["type"], n["size"] = "file", fmt.Sprint(st.Size)
+		// Whether the file has holes: what an unpack or a copy-up
+		// allocates, which usage figures count.
+		n["sparse"] = fmt.Sprint(st.Blocks*512 < st.Size)
 		sum, err := fileSHA256(p)
 		if err != nil {
 			return err
@@ -542,7 +545,8 @@ func (c *cdClient) chainIDs(t *testing.T, ref string) []string {
 // symlinks; a lower file modified (one with xattrs, one hard-linked),
 // chmod-ed and chown-ed, deleted, renamed, truncated and hard-linked; a lower
 // directory deleted, renamed (overlayfs without redirect_dir refuses, and mv
-// copies), and replaced by a file; a lower file replaced by a directory.
+// copies), and replaced by a file; a lower file replaced by a directory; a
+// new sparse file.
 // busybox has no setfattr, so no xattr is set; the copied-up lower files
 // carry theirs. Last it pins the mtimes of what it changed (pinnedMtimes);
 // every other mtime in the commit is the wall clock's.
@@ -573,6 +577,7 @@ ln -s missing /new-dangling
 mv /s/recreated /s/renamed
 mv /s/real /s/moved-dir
 truncate -s 1048576 /t/zeros
+truncate -s 8388608 /new-sparse
 rm -r /s/file-to-dir
 echo file again > /s/file-to-dir
 cd / && touch -d '2002-03-04 05:06:07' ` + strings.Join(pinnedMtimes, " ") + "\n"
@@ -582,7 +587,7 @@ cd / && touch -d '2002-03-04 05:06:07' ` + strings.Join(pinnedMtimes, " ") + "\n
 var pinnedMtimes = []string{
 	"new-file", "new-link", "new-dir/sub/f", "new-dir/sub", "new-dir", "t/xattrs", "t/hl-a", "t/user",
 	"t/empty", "t/opq", "t/old", "t/setuid", "setuid-link", "new-chr", "new-blk", "new-fifo",
-	"s/renamed", "s/moved-dir", "s/moved-dir/inner", "t/zeros", "s/file-to-dir", "s", "t",
+	"s/renamed", "s/moved-dir", "s/moved-dir/inner", "t/zeros", "new-sparse", "s/file-to-dir", "s", "t",
 }
 
 // diffCommit runs script (or, if empty, nothing: the container is created,

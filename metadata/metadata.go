@@ -18,6 +18,10 @@
 //	  refs/<n><ref><id> length (big-endian uint32) + value of a committed
 //	                    snapshot's containerd.io/snapshot.ref label + its id
 //	                    -> key: finds a layer without reading every record
+//	  objects/<dir>/    a layer whose files are shared through the object
+//	                    store (share_files): its large files are stubs
+//	    <digest>        an object a stub in the layer stands for -> its size
+//	                    (big-endian uint64); recorded before the stub is made
 //
 // A directory usually has one snapshot. A committed layer's directory may
 // have several: the same layer (same chain id) committed again through
@@ -51,8 +55,8 @@ import (
 // documentation. A file recording a newer version was written by a newer
 // strata and is refused rather than misread; an older one is migrated when
 // opened. Version 1 had dirs/<dir> -> id, one snapshot per directory;
-// version 2 had no refs.
-const SchemaVersion = 3
+// version 2 had no refs; version 3 had no objects.
+const SchemaVersion = 4
 
 var (
 	bucketRoot      = []byte("strata")
@@ -61,6 +65,7 @@ var (
 	bucketChildren  = []byte("children")
 	bucketDirs      = []byte("dirs")
 	bucketRefs      = []byte("refs")
+	bucketObjects   = []byte("objects")
 	keySchema       = []byte("schema")
 )
 
@@ -233,7 +238,7 @@ func createSchema(ctx context.Context, tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs, bucketRefs} {
+	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs, bucketRefs, bucketObjects} {
 		if _, err := root.CreateBucket(name); err != nil {
 			return err
 		}
@@ -250,7 +255,7 @@ func stampSchema(root *bolt.Bucket) error {
 // migrate brings a file of an older schema to the current one, inside the
 // transaction that opens it.
 func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
-	if from != 1 && from != 2 {
+	if from < 1 || from > 3 {
 		return fmt.Errorf("schema version %d is not one strata ever wrote: %w", from, errdefs.ErrDataLoss)
 	}
 	if from == 1 {
@@ -258,8 +263,14 @@ func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
 			return err
 		}
 	}
-	if err := migrateRefs(root); err != nil {
-		return err
+	if from <= 2 {
+		if err := migrateRefs(root); err != nil {
+			return err
+		}
+	}
+	// Version 3 to 4: no layer shared its files yet.
+	if _, err := root.CreateBucket(bucketObjects); err != nil {
+		return fmt.Errorf("migrate schema %d: %w", from, err)
 	}
 	log.G(ctx).WithField("from", from).WithField("to", SchemaVersion).Info("migrated metadata database")
 	return stampSchema(root)
@@ -378,6 +389,7 @@ type Tx struct {
 	children  *bolt.Bucket
 	dirs      *bolt.Bucket
 	refs      *bolt.Bucket
+	objects   *bolt.Bucket
 }
 
 func newTx(tx *bolt.Tx) *Tx {
@@ -389,6 +401,7 @@ func newTx(tx *bolt.Tx) *Tx {
 		children:  root.Bucket(bucketChildren),
 		dirs:      root.Bucket(bucketDirs),
 		refs:      root.Bucket(bucketRefs),
+		objects:   root.Bucket(bucketObjects),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -111,6 +113,9 @@ func TestMigrateSchema1(t *testing.T) {
 	// Rewrite it as strata of schema 1 wrote it.
 	editFile(t, path, func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketRoot)
+		if err := root.DeleteBucket(bucketObjects); err != nil {
+			return err
+		}
 		if err := root.DeleteBucket(bucketRefs); err != nil {
 			return err
 		}
@@ -194,6 +199,9 @@ func TestMigrateSchema2(t *testing.T) {
 	db.Close()
 	editFile(t, path, func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketRoot)
+		if err := root.DeleteBucket(bucketObjects); err != nil {
+			return err
+		}
 		if err := root.DeleteBucket(bucketRefs); err != nil {
 			return err
 		}
@@ -204,6 +212,87 @@ func TestMigrateSchema2(t *testing.T) {
 			t.Errorf("layer lookup after migration: %q %v %v, want base", s.Key, ok, err)
 		}
 	})
+}
+
+// TestMigrateSchema3: an index of schema 3 has no objects bucket; opening
+// it adds an empty one, and its layers share no files.
+func TestMigrateSchema3(t *testing.T) {
+	db, path := openTest(t)
+	err := db.Write(func(tx *Tx) error {
+		_, err := tx.CreateSnapshot(NewSnapshot{Key: "a", Kind: snapshots.KindActive, DirName: "DA"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	editFile(t, path, func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketRoot)
+		if err := root.DeleteBucket(bucketObjects); err != nil {
+			return err
+		}
+		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 3))
+	})
+	openMigrated(t, path, func(tx *Tx) {
+		if tx.SharesFiles("DA") || len(tx.Objects()) != 0 {
+			t.Errorf("migrated index shares files: %v", tx.Objects())
+		}
+	})
+}
+
+// TestObjectsFollowDirectories: the objects a layer's stubs stand for are
+// recorded by its directory, add up across calls, are shared by snapshots
+// of one directory, and are forgotten only with the directory's last
+// snapshot.
+func TestObjectsFollowDirectories(t *testing.T) {
+	db, _ := openTest(t)
+	one := digest.FromString("one")
+	two := digest.FromString("two")
+	write := func(fn func(*Tx) error) {
+		t.Helper()
+		if err := db.Write(fn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	objectsOf := func() (objs map[digest.Digest]ObjectRefs, shares bool) {
+		t.Helper()
+		_ = db.View(func(tx *Tx) error {
+			objs, shares = tx.Objects(), tx.SharesFiles("DL")
+			return nil
+		})
+		return objs, shares
+	}
+	write(func(tx *Tx) error {
+		a, err := tx.CreateSnapshot(NewSnapshot{Key: "a", Kind: snapshots.KindActive, DirName: "DL"})
+		if err != nil {
+			return err
+		}
+		if err := tx.ShareFiles("DL", map[digest.Digest]int64{one: 10}); err != nil {
+			return err
+		}
+		if err := tx.ShareFiles("DL", map[digest.Digest]int64{two: 20}); err != nil {
+			return err
+		}
+		_, err = tx.CommitSnapshot("a", "layer", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{})
+		return err
+	})
+	// A second snapshot of the directory, as a staged commit makes.
+	write(func(tx *Tx) error {
+		_, err := tx.CreateSnapshot(NewSnapshot{Key: "staged", Kind: snapshots.KindActive, DirName: "DL", Staged: true})
+		return err
+	})
+	want := map[digest.Digest]ObjectRefs{one: {Size: 10, Dirs: []string{"DL"}}, two: {Size: 20, Dirs: []string{"DL"}}}
+	if objs, shares := objectsOf(); !shares || !reflect.DeepEqual(objs, want) {
+		t.Fatalf("objects %v (sharing %v), want %v", objs, shares, want)
+	}
+	write(func(tx *Tx) error { _, err := tx.RemoveSnapshot("layer"); return err })
+	if objs, shares := objectsOf(); !shares || !reflect.DeepEqual(objs, want) {
+		t.Fatalf("objects after removing one of two snapshots of the directory: %v (sharing %v), want %v", objs, shares, want)
+	}
+	write(func(tx *Tx) error { _, err := tx.RemoveSnapshot("staged"); return err })
+	if objs, shares := objectsOf(); shares || len(objs) != 0 {
+		t.Fatalf("objects after the directory's last snapshot went: %v (sharing %v)", objs, shares)
+	}
 }
 
 // TestRefsIndex: the layer lookup follows commits, label updates and

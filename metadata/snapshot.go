@@ -293,6 +293,11 @@ func (t *Tx) RemoveSnapshot(key string) (Snapshot, error) {
 	if err := t.dirs.Delete(dirKey(s.DirName, s.ID)); err != nil {
 		return Snapshot{}, err
 	}
+	if !t.DirInUse(s.DirName) {
+		if err := t.forgetObjects(s.DirName); err != nil {
+			return Snapshot{}, err
+		}
+	}
 	if err := t.reindexRef(s, Snapshot{}); err != nil {
 		return Snapshot{}, err
 	}
@@ -752,6 +757,11 @@ func (t *Tx) Check() []string {
 			}
 			return nil
 		})
+	}
+	for _, dir := range t.SharingDirs() {
+		if !t.DirInUse(dir) {
+			add("objects are recorded for directory %q, which no snapshot has", dir)
+		}
 	}
 	_ = t.children.ForEach(func(k, v []byte) error {
 		c, ok := records[string(v)]

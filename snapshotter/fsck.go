@@ -132,7 +132,7 @@ func checkRecord(ctx context.Context, l layout, s metadata.Snapshot, restoring m
 	case restoring[dir]:
 		return findings
 	case err != nil:
-		add("snapshot %q: its layer directory %s is missing", s.Key, dir)
+		add("snapshot %q: its layer directory %s is missing; its contents are lost: remove the snapshot through containerd and pull again", s.Key, dir)
 		return findings
 	case !fi.IsDir():
 		add("snapshot %q: %s is a %v, not a directory", s.Key, dir, fi.Mode().Type())

@@ -240,12 +240,24 @@ func TestIndexUnreadable(t *testing.T) {
 		if _, err := Fsck(context.Background(), st.root, FsckOptions{Repair: true}); !errdefs.IsDataLoss(err) {
 			t.Fatalf("fsck --repair of an unreadable index: %v, want DataLoss", err)
 		}
+		// fsck changed nothing: the next starts refuse as before.
+		refusedEveryTime(t, st.root, "not a readable bbolt file", errdefs.IsDataLoss)
 	})
 	t.Run("newer schema", func(t *testing.T) {
 		st := newStore(t)
 		editIndex(t, st.root, func(tx *bolt.Tx) error {
 			return tx.Bucket([]byte("strata")).Put([]byte("schema"), binary.BigEndian.AppendUint32(nil, 99))
 		})
+		refusedEveryTime(t, st.root, "newer strata", errdefs.IsFailedPrecondition)
+		before := snapshotOf(t, st.root)
+		for _, o := range []FsckOptions{{}, {Repair: true}, {DiscardUnindexed: true}} {
+			if _, err := Fsck(context.Background(), st.root, o); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "newer strata") {
+				t.Fatalf("fsck %+v of an index from a newer strata: %v, want FailedPrecondition naming it", o, err)
+			}
+		}
+		if after := snapshotOf(t, st.root); before != after {
+			t.Fatalf("fsck of an index from a newer strata changed the store:\nbefore %v\nafter  %v", before, after)
+		}
 		refusedEveryTime(t, st.root, "newer strata", errdefs.IsFailedPrecondition)
 	})
 }

@@ -747,7 +747,7 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
 			if !exists(s.layout.layer(rec.DirName)) {
 				log.G(ctx).WithField("key", rec.Key).WithField("path", s.layout.layer(rec.DirName)).
-					Error("snapshot's directory is missing; its contents are lost (strata-snapshotter fsck reports it)")
+					Error("snapshot's directory is missing; its contents are lost: remove the snapshot through containerd (ctr -n NAMESPACE snapshots --snapshotter strata rm KEY, or remove the image or container that uses it) and pull again")
 			}
 			return nil
 		})

@@ -369,6 +369,34 @@ func TestInterruptedRemoveRestored(t *testing.T) {
 	testutil.WithMount(t, ms, func(string) {})
 }
 
+// TestCleanupRestoresInterruptedRemove: Cleanup, not only a start, puts back
+// the directory of a recorded snapshot that a removal moved aside without
+// committing, and deletes nothing of it.
+func TestCleanupRestoresInterruptedRemove(t *testing.T) {
+	sn, _ := newTestSnapshotter(t)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"f": "content"})
+	name := onlyLayer(t, sn)
+	if err := os.Rename(sn.layout.layer(name), sn.layout.removedLayer(name)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if exists(sn.layout.removedLayer(name)) {
+		t.Fatalf("Cleanup left %s", sn.layout.removedLayer(name))
+	}
+	view, err := sn.View(ctx, "v", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WithMount(t, view, func(dir string) {
+		if b, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(b) != "content" {
+			t.Fatalf("layer after Cleanup: %q, %v", b, err)
+		}
+	})
+}
+
 // TestActiveUsageToleratesVanishingFiles: measuring an active snapshot while
 // files come and go (a running container) never fails.
 func TestActiveUsageToleratesVanishingFiles(t *testing.T) {

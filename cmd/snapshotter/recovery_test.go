@@ -72,6 +72,7 @@ func TestLostIndexRefusedUntilOperatorActs(t *testing.T) {
 	if out, code := fsckCmd(t, root, "--repair"); code != 1 || !strings.Contains(out, "--discard-unindexed") {
 		t.Fatalf("fsck --repair without an index exited %d:\n%s", code, out)
 	}
+	refusesEveryStart(t, root, "--discard-unindexed")
 	if after := onDisk(t, root); after != before {
 		t.Fatalf("layers changed before the operator acted: %s -> %s", before, after)
 	}
@@ -83,6 +84,28 @@ func TestLostIndexRefusedUntilOperatorActs(t *testing.T) {
 		t.Fatalf("after the discard the store holds %s", got)
 	}
 	d.stop()
+}
+
+// TestMissingLayerReported: a daemon whose recorded layer directory an
+// operator deleted starts, keeps the record, and its log names the lost
+// snapshot and what to do about it.
+func TestMissingLayerReported(t *testing.T) {
+	testutil.RequiresRoot(t)
+	root := storeWithLayer(t)
+	layers, err := filepath.Glob(filepath.Join(root, "layers", "??????"))
+	if err != nil || len(layers) == 0 {
+		t.Fatalf("layers of the store: %v, %v", layers, err)
+	}
+	if err := os.RemoveAll(layers[0]); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, root)
+	d.stop()
+	for _, want := range []string{"its contents are lost", layers[0], "snapshots --snapshotter strata rm", "pull again"} {
+		if !strings.Contains(d.logs(), want) {
+			t.Fatalf("start-up log does not say %q:\n%s", want, d.logs())
+		}
+	}
 }
 
 // TestDamagedIndexRefused: a truncated index (bbolt maps the file, so a
@@ -127,6 +150,8 @@ func TestDamagedIndexRefused(t *testing.T) {
 			if after := onDisk(t, root); after != before {
 				t.Fatalf("layers changed: %s -> %s", before, after)
 			}
+			// fsck changed nothing, so the next start refuses as before.
+			refusesEveryStart(t, root, "--discard-unindexed")
 		})
 	}
 }

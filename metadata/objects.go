@@ -1,0 +1,102 @@
+package metadata
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+)
+
+// The objects a layer's stubs stand for (share_files), recorded by the
+// layer's directory name, like the directory itself: snapshots that share a
+// directory share its stubs. A directory is marked, and the objects of its
+// stubs recorded, before the stubs are made, so that an object is never
+// unreferenced while a stub in a recorded directory may name it; both are
+// forgotten with the directory's last snapshot.
+
+// ShareFiles marks dir as a layer whose files are shared through the object
+// store and records objs (digest -> size) as referenced by it, beside what
+// it already references.
+func (t *Tx) ShareFiles(dir string, objs map[digest.Digest]int64) error {
+	b, err := t.objects.CreateBucketIfNotExists([]byte(dir))
+	if err != nil {
+		return fmt.Errorf("mark %s as sharing files: %w", dir, err)
+	}
+	for d, size := range objs {
+		if err := d.Validate(); err != nil {
+			return fmt.Errorf("object of %s: %w", dir, err)
+		}
+		if err := b.Put([]byte(d), binary.BigEndian.AppendUint64(nil, uint64(size))); err != nil {
+			return fmt.Errorf("record object %s of %s: %w", d, dir, err)
+		}
+	}
+	return nil
+}
+
+// SharesFiles reports whether dir's files are shared through the object
+// store: whether a mount of a chain holding it needs the store below.
+func (t *Tx) SharesFiles(dir string) bool {
+	return t.objects.Bucket([]byte(dir)) != nil
+}
+
+// DirObjects returns the objects dir references, with their sizes.
+func (t *Tx) DirObjects(dir string) map[digest.Digest]int64 {
+	objs := map[digest.Digest]int64{}
+	if b := t.objects.Bucket([]byte(dir)); b != nil {
+		readObjects(b, func(d digest.Digest, size int64) { objs[d] = size })
+	}
+	return objs
+}
+
+// ObjectRefs is what the index knows of one object.
+type ObjectRefs struct {
+	Size int64
+	Dirs []string // directory names of the layers whose stubs name it
+}
+
+// Objects returns every referenced object, with its size and the
+// directories that reference it.
+func (t *Tx) Objects() map[digest.Digest]ObjectRefs {
+	objs := map[digest.Digest]ObjectRefs{}
+	_ = t.objects.ForEachBucket(func(dir []byte) error {
+		readObjects(t.objects.Bucket(dir), func(d digest.Digest, size int64) {
+			r := objs[d]
+			r.Size = size
+			r.Dirs = append(r.Dirs, string(dir))
+			objs[d] = r
+		})
+		return nil
+	})
+	return objs
+}
+
+// SharingDirs returns the directory names marked as sharing files.
+func (t *Tx) SharingDirs() []string {
+	var dirs []string
+	_ = t.objects.ForEachBucket(func(dir []byte) error {
+		dirs = append(dirs, string(dir))
+		return nil
+	})
+	return dirs
+}
+
+// forgetObjects drops dir's mark and objects, once no snapshot has dir.
+func (t *Tx) forgetObjects(dir string) error {
+	if t.objects.Bucket([]byte(dir)) == nil {
+		return nil
+	}
+	if err := t.objects.DeleteBucket([]byte(dir)); err != nil {
+		return fmt.Errorf("forget objects of %s: %w", dir, err)
+	}
+	return nil
+}
+
+func readObjects(b *bolt.Bucket, fn func(digest.Digest, int64)) {
+	_ = b.ForEach(func(k, v []byte) error {
+		if d := digest.Digest(k); d.Validate() == nil && len(v) == 8 {
+			fn(d, int64(binary.BigEndian.Uint64(v)))
+		}
+		return nil
+	})
+}
