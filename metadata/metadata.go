@@ -18,7 +18,7 @@
 //	  refs/<n><ref><id> length (big-endian uint32) + value of a committed
 //	                    snapshot's containerd.io/snapshot.ref label + its id
 //	                    -> key: finds a layer without reading every record
-//	  objects/<dir>/    a layer whose files are shared through the object
+//	  objects/<dir>/    a layer scanned for files to share through the object
 //	                    store (share_files): its large files are stubs
 //	    <digest>        an object a stub in the layer stands for -> its size
 //	                    (big-endian uint64); recorded before the stub is made

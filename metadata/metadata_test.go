@@ -234,7 +234,7 @@ func TestMigrateSchema3(t *testing.T) {
 		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 3))
 	})
 	openMigrated(t, path, func(tx *Tx) {
-		if tx.SharesFiles("DA") || len(tx.Objects()) != 0 {
+		if tx.Scanned("DA") || len(tx.Objects()) != 0 {
 			t.Errorf("migrated index shares files: %v", tx.Objects())
 		}
 	})
@@ -257,7 +257,7 @@ func TestObjectsFollowDirectories(t *testing.T) {
 	objectsOf := func() (objs map[digest.Digest]ObjectRefs, shares bool) {
 		t.Helper()
 		_ = db.View(func(tx *Tx) error {
-			objs, shares = tx.Objects(), tx.SharesFiles("DL")
+			objs, shares = tx.Objects(), tx.HasObjects("DL")
 			return nil
 		})
 		return objs, shares

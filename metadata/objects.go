@@ -15,9 +15,8 @@ import (
 // unreferenced while a stub in a recorded directory may name it; both are
 // forgotten with the directory's last snapshot.
 
-// ShareFiles marks dir as a layer whose files are shared through the object
-// store and records objs (digest -> size) as referenced by it, beside what
-// it already references.
+// ShareFiles marks dir as scanned and records objs (digest -> size) as the
+// objects its stubs stand for, beside those already recorded.
 func (t *Tx) ShareFiles(dir string, objs map[digest.Digest]int64) error {
 	b, err := t.objects.CreateBucketIfNotExists([]byte(dir))
 	if err != nil {
@@ -34,10 +33,22 @@ func (t *Tx) ShareFiles(dir string, objs map[digest.Digest]int64) error {
 	return nil
 }
 
-// SharesFiles reports whether dir's files are shared through the object
-// store: whether a mount of a chain holding it needs the store below.
-func (t *Tx) SharesFiles(dir string) bool {
+// Scanned reports whether dir was read for the kernel's xattrs and for
+// files to share, when it was committed under share_files or into a chain
+// that shares files.
+func (t *Tx) Scanned(dir string) bool {
 	return t.objects.Bucket([]byte(dir)) != nil
+}
+
+// HasObjects reports whether stubs in dir stand for objects: whether a
+// mount of a chain holding it needs the object store below.
+func (t *Tx) HasObjects(dir string) bool {
+	b := t.objects.Bucket([]byte(dir))
+	if b == nil {
+		return false
+	}
+	k, _ := b.Cursor().First()
+	return k != nil
 }
 
 // DirObjects returns the objects dir references, with their sizes.
@@ -71,8 +82,8 @@ func (t *Tx) Objects() map[digest.Digest]ObjectRefs {
 	return objs
 }
 
-// SharingDirs returns the directory names marked as sharing files.
-func (t *Tx) SharingDirs() []string {
+// ScannedDirs returns the directory names marked as scanned.
+func (t *Tx) ScannedDirs() []string {
 	var dirs []string
 	_ = t.objects.ForEachBucket(func(dir []byte) error {
 		dirs = append(dirs, string(dir))

@@ -48,6 +48,11 @@ type Request struct {
 	// layer unpacked without its parent (containerd's parallel unpack,
 	// which commits it onto the parent later) needs its whiteouts kept.
 	EmptyLower string
+	// DataDir, when set, is the object store (share_files): a data-only
+	// lower layer below Parents, from which the kernel reads the content
+	// of the stubs in them. Every mount of such a chain is an overlay, a
+	// view of one layer included.
+	DataDir string
 }
 
 // For returns the mounts for a snapshot:
@@ -61,16 +66,26 @@ func For(r Request) []mount.Mount {
 	if len(r.Parents) == 0 && !(r.Writable && r.EmptyLower != "") {
 		return []mount.Mount{bind(r.Dir, r.Writable, r.Mapping)}
 	}
-	if !r.Writable && len(r.Parents) == 1 {
+	if !r.Writable && len(r.Parents) == 1 && r.DataDir == "" {
 		return []mount.Mount{bind(r.Parents[0], false, r.Mapping)}
 	}
-	lowers := r.lowers()
+	lowerdir := strings.Join(r.lowers(), ":")
+	if r.DataDir != "" {
+		lowerdir += "::" + r.DataDir
+	}
 	options := slices.Clone(r.Mapping)
 	if r.Writable {
 		options = append(options, "workdir="+r.WorkDir, "upperdir="+r.Dir)
 	}
-	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
+	options = append(options, "lowerdir="+lowerdir)
 	options = append(options, r.Options...)
+	if r.DataDir != "" {
+		// Stubs in a lower layer other than the last are followed only
+		// with metacopy. It also turns on redirect_dir, and makes a
+		// container's change of a lower file's metadata copy up the
+		// metadata alone (its data stays below, in its stub's object).
+		options = append(options, "metacopy=on")
+	}
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
 }
 
@@ -99,6 +114,19 @@ func Check(r Request) error {
 		return nil
 	}
 	lowers := r.lowers()
+	if r.DataDir != "" {
+		// The store is one more lower directory, and containerd cannot
+		// shorten a lowerdir= with a data-only layer (see dataSize).
+		if n := len(lowers) + 1; n > MaxLowerDirs {
+			return fmt.Errorf("a chain of %d layers with shared files (share_files) needs %d lower directories, more than overlayfs's limit of %d (OVL_MAX_STACK): %w",
+				len(lowers), n, MaxLowerDirs, errdefs.ErrFailedPrecondition)
+		}
+		if n := dataSize(m.Options, nil); n > maxData {
+			return fmt.Errorf("a chain of %d layers with shared files (share_files) needs %d bytes of overlay mount options, more than the %d mount(2) accepts (containerd cannot shorten a lowerdir= with the object store in it): %w",
+				len(lowers), n, maxData, errdefs.ErrFailedPrecondition)
+		}
+		return nil
+	}
 	if n := len(lowers); n > MaxLowerDirs {
 		return fmt.Errorf("a chain of %d layers exceeds overlayfs's limit of %d lower directories (OVL_MAX_STACK): %w",
 			n, MaxLowerDirs, errdefs.ErrFailedPrecondition)
@@ -113,10 +141,13 @@ func Check(r Request) error {
 // mountedSize is the length of the option string containerd's mount.All passes
 // to mount(2) for m.
 func mountedSize(m mount.Mount) int {
-	if m.Type != "overlay" {
+	lowers := lowerDirs(m.Options)
+	if m.Type != "overlay" || slices.Contains(lowers, "") {
+		// containerd compacts no lowerdir= with a data-only layer:
+		// splitting it at ':' leaves an empty name.
 		return dataSize(m.Options, nil)
 	}
-	return dataSize(m.Options, lowerDirs(m.Options))
+	return dataSize(m.Options, lowers)
 }
 
 // dataSize is the length of options as mount(2) receives them. When they

@@ -43,6 +43,10 @@ func TestForShapes(t *testing.T) {
 			mount.Mount{Type: "bind", Source: self, Options: []string{"ro", "rbind"}}},
 		{"view of one layer", Request{Dir: self, Parents: two[:1]},
 			mount.Mount{Type: "bind", Source: two[0], Options: []string{"ro", "rbind"}}},
+		{"view of one layer with shared files", Request{Dir: self, Parents: two[:1], DataDir: "/r/objects", Options: []string{"index=off"}},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=/r/layers/00000000::/r/objects", "index=off", "metacopy=on"}}},
+		{"active on layers with shared files", Request{Writable: true, Dir: self, WorkDir: "/r/work/SELF", Parents: two, DataDir: "/r/objects"},
+			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"workdir=/r/work/SELF", "upperdir=/r/layers/SELF", "lowerdir=/r/layers/00000000:/r/layers/00000001::/r/objects", "metacopy=on"}}},
 		{"view of two layers", Request{Dir: self, Parents: two, Options: []string{"index=off"}},
 			mount.Mount{Type: "overlay", Source: "overlay", Options: []string{"lowerdir=/r/layers/00000000:/r/layers/00000001", "index=off"}}},
 		{"active on a layer", Request{Writable: true, Dir: self, WorkDir: "/r/work/SELF", Parents: two[:1], Options: []string{"index=off", "userxattr"}},
@@ -89,13 +93,27 @@ func TestHasOption(t *testing.T) {
 
 // TestDataSizeMatchesKernel checks mountedSize's model of containerd's mount.All
 // on the real kernel: an overlay whose option data, as mountedSize counts it,
-// is exactly 4095 bytes mounts; one of 4097 is refused.
+// is exactly 4095 bytes mounts; one of 4097 is refused. With the object
+// store as data-only layer, which containerd does not compact, too.
 func TestDataSizeMatchesKernel(t *testing.T) {
 	testutil.RequiresRoot(t)
+	for _, data := range []bool{false, true} {
+		t.Run(fmt.Sprintf("data-only layer %v", data), func(t *testing.T) { dataSizeMatchesKernel(t, data) })
+	}
+}
+
+func dataSizeMatchesKernel(t *testing.T, data bool) {
 	dir := t.TempDir()
 	ls := layers(dir, MaxLowerDirs)
 	for _, l := range ls {
 		if err := os.MkdirAll(l, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var dataDir string
+	if data {
+		dataDir = filepath.Join(dir, "objects")
+		if err := os.Mkdir(dataDir, 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,14 +125,15 @@ func TestDataSizeMatchesKernel(t *testing.T) {
 			Dir:      filepath.Join(dir, "u", "fs"+strings.Repeat("x", pad)),
 			WorkDir:  filepath.Join(dir, "u", "w"),
 			Parents:  ls[:n],
+			DataDir:  dataDir,
 		}
 	}
 	for _, tc := range []struct {
 		size  int
 		mount bool
 	}{{4095, true}, {4097, false}} {
-		// The most layers that fit, then pad the rest (under 8 bytes,
-		// since each layer costs 9 once compacted).
+		// The most layers that fit, then pad the rest (less than one
+		// layer's cost).
 		n := 1
 		for n < len(ls) && mountedSize(For(request(n+1, 0))[0]) <= tc.size {
 			n++

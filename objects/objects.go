@@ -5,8 +5,6 @@
 // trusted.overlay.metacopy and trusted.overlay.redirect xattrs, and the
 // kernel reads its data from the object the redirect names, while the stub
 // keeps its own mode, owner, xattrs, size and times.
-//
-// Not wired into the snapshotter yet (issue 16).
 package objects
 
 import (
@@ -22,13 +20,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The kernel's xattrs: its own namespace, which a stub carries and which
-// strata never copies from a layer's files (a layer that carries them could
-// point the kernel at another layer's data).
+// The kernel's xattrs that make a stub: strata writes them, and never lets a
+// layer's files carry them otherwise (they would point the kernel at
+// another layer's data).
 const (
-	overlayXattrPrefix = "trusted.overlay."
-	metacopyXattr      = overlayXattrPrefix + "metacopy"
-	redirectXattr      = overlayXattrPrefix + "redirect"
+	metacopyXattr = "trusted.overlay.metacopy"
+	redirectXattr = "trusted.overlay.redirect"
 )
 
 // Store is the object store under root, one file per distinct content at
@@ -59,35 +56,37 @@ func (s Store) Path(d digest.Digest) string {
 }
 
 // Add stores the content of the regular file at path, which must be on the
-// store's filesystem, and returns its digest. When the store has no object
-// of that content, path's inode becomes the object through a hard link (no
-// data is copied); when it has one, nothing is written.
+// store's filesystem, and returns its digest (see Link).
 func (s Store) Add(path string) (digest.Digest, error) {
-	f, err := os.Open(path)
+	d, err := hashFile(path)
 	if err != nil {
 		return "", err
 	}
-	d, err := digest.SHA256.FromReader(f)
-	f.Close()
-	if err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
+	return d, s.Link(path, d)
+}
+
+// Link stores the regular file at path, whose content has digest d, as
+// d's object: when the store has none, path's inode becomes the object
+// through a hard link (no data is copied); when it has one, nothing is
+// written.
+func (s Store) Link(path string, d digest.Digest) error {
 	obj := s.Path(d)
 	if err := os.MkdirAll(filepath.Dir(obj), 0o700); err != nil {
-		return "", err
+		return err
 	}
 	if err := os.Link(path, obj); err != nil && !errors.Is(err, fs.ErrExist) {
-		return "", fmt.Errorf("store %s as %s: %w", path, d, err)
+		return fmt.Errorf("store %s as %s: %w", path, d, err)
 	}
-	return d, nil
+	return nil
 }
 
 // Stub replaces the regular files at paths, names of one inode (a hard-link
 // group), with one metadata-only stub of object d: a new inode with the
 // file's mode (special bits included), owner, xattrs, size and times, and
-// the kernel's metacopy and redirect xattrs. A file that already carries
-// xattrs of the kernel's namespace is refused.
-func Stub(d digest.Digest, paths ...string) error {
+// the kernel's metacopy and redirect xattrs, made in tmp (a directory on
+// the same filesystem) and renamed over each name. A file that already
+// carries those two is refused.
+func Stub(d digest.Digest, tmp string, paths ...string) error {
 	if len(paths) == 0 {
 		return nil
 	}
@@ -99,32 +98,32 @@ func Stub(d digest.Digest, paths ...string) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%s is not a regular file", first)
 	}
-	xattrs, err := userXattrs(first)
+	xattrs, err := fileXattrs(first)
 	if err != nil {
 		return err
 	}
-	tmp, err := makeStub(first, &st, xattrs, d)
+	stub, err := makeStub(tmp, first, &st, xattrs, d)
 	if err != nil {
 		return err
 	}
 	// The other names first, so that every name keeps resolving to the
 	// file or its stub.
 	for _, p := range paths[1:] {
-		if err := replaceWithLink(tmp, p); err != nil {
-			os.Remove(tmp)
+		if err := replaceWithLink(stub, p); err != nil {
+			os.Remove(stub)
 			return err
 		}
 	}
-	if err := os.Rename(tmp, first); err != nil {
-		os.Remove(tmp)
+	if err := os.Rename(stub, first); err != nil {
+		os.Remove(stub)
 		return err
 	}
 	return nil
 }
 
-// makeStub writes the stub beside path under a temporary name.
-func makeStub(path string, st *unix.Stat_t, xattrs map[string][]byte, d digest.Digest) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), ".strata-stub-")
+// makeStub writes the stub of path under a temporary name in dir.
+func makeStub(dir, path string, st *unix.Stat_t, xattrs map[string][]byte, d digest.Digest) (string, error) {
+	f, err := os.CreateTemp(dir, "stub-")
 	if err != nil {
 		return "", err
 	}
@@ -168,9 +167,10 @@ func makeStub(path string, st *unix.Stat_t, xattrs map[string][]byte, d digest.D
 	return tmp, nil
 }
 
-// replaceWithLink makes p another name of target's inode.
+// replaceWithLink makes p another name of target's inode, through a
+// temporary name beside target.
 func replaceWithLink(target, p string) error {
-	tmp := p + ".strata-link"
+	tmp := target + "-link"
 	if err := os.Link(target, tmp); err != nil {
 		return err
 	}
@@ -181,15 +181,18 @@ func replaceWithLink(target, p string) error {
 	return nil
 }
 
-// userXattrs reads path's xattrs, refusing the kernel's own namespace.
-func userXattrs(path string) (map[string][]byte, error) {
+// fileXattrs reads path's xattrs to copy to its stub. The kernel's own
+// xattrs of a copied-up file (trusted.overlay.origin, say) go along, as
+// they would stay on the file; its stub xattrs are refused: a file that
+// carries them already points overlayfs at other data (Scan strips them).
+func fileXattrs(path string) (map[string][]byte, error) {
 	names, err := sysx.LListxattr(path)
 	if err != nil {
 		return nil, fmt.Errorf("list xattrs of %s: %w", path, err)
 	}
 	xattrs := map[string][]byte{}
 	for _, k := range names {
-		if strings.HasPrefix(k, overlayXattrPrefix) {
+		if k == metacopyXattr || k == redirectXattr {
 			return nil, fmt.Errorf("%s carries the kernel's xattr %s: a layer must not point overlayfs at other data", path, k)
 		}
 		if xattrs[k], err = sysx.LGetxattr(path, k); err != nil {
@@ -197,4 +200,58 @@ func userXattrs(path string) (map[string][]byte, error) {
 		}
 	}
 	return xattrs, nil
+}
+
+// Entry is a name found under the store's root.
+type Entry struct {
+	Path string
+	// Digest is the content the name stands for; "" for a name the store
+	// does not make.
+	Digest digest.Digest
+}
+
+// Walk calls fn for every file under the store's root, and for every
+// directory that is not one the store makes.
+func (s Store) Walk(fn func(Entry) error) error {
+	return filepath.WalkDir(s.root, func(path string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(s.root, path)
+		if err != nil || rel == "." {
+			return err
+		}
+		parts := strings.Split(rel, string(filepath.Separator))
+		if e.IsDir() {
+			ours := parts[0] == digest.SHA256.String() && (len(parts) == 1 || len(parts) == 2 && len(parts[1]) == 2)
+			if ours {
+				return nil
+			}
+			if err := fn(Entry{Path: path}); err != nil {
+				return err
+			}
+			return filepath.SkipDir
+		}
+		d, ok := digestOf("/" + filepath.ToSlash(rel))
+		if !ok || !e.Type().IsRegular() {
+			d = ""
+		}
+		return fn(Entry{Path: path, Digest: d})
+	})
+}
+
+// StubsIn returns the objects the stubs in the layer directory dir stand
+// for.
+func StubsIn(dir string) (map[digest.Digest]bool, error) {
+	objs := map[digest.Digest]bool{}
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || !e.Type().IsRegular() {
+			return err
+		}
+		if d, ok := stubObject(path); ok {
+			objs[d] = true
+		}
+		return nil
+	})
+	return objs, err
 }

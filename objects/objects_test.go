@@ -107,7 +107,7 @@ func TestStubsReadTheirObjects(t *testing.T) {
 		for _, n := range group {
 			paths = append(paths, filepath.Join(layer, n))
 		}
-		if err := Stub(d, paths...); err != nil {
+		if err := Stub(d, t.TempDir(), paths...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -180,7 +180,7 @@ func TestStubRefusesTheKernelsXattrs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Stub(d, p); err == nil || !strings.Contains(err.Error(), "kernel's xattr") {
+	if err := Stub(d, dir, p); err == nil || !strings.Contains(err.Error(), "kernel's xattr") {
 		t.Fatalf("Stub of a file with %s: %v", redirectXattr, err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-snapshotter/strata/metadata"
 )
@@ -84,11 +85,11 @@ func Fsck(ctx context.Context, root string, opts FsckOptions) (FsckReport, error
 func check(ctx context.Context, l layout, db *metadata.DB) (findings []string, strays []stray, err error) {
 	var (
 		recs     []metadata.Snapshot
-		recorded map[string]bool
+		recorded owned
 	)
 	err = db.View(func(tx *metadata.Tx) (err error) {
 		findings = append(findings, tx.Check()...)
-		if recorded, err = recordedDirs(tx); err != nil {
+		if recorded, err = recordedOwners(tx); err != nil {
 			return err
 		}
 		return tx.Walk(func(s metadata.Snapshot) error {
@@ -191,7 +192,7 @@ func (r *FsckReport) remove(ctx context.Context, path string) {
 // keeps (an older copy of the index was put back, say). What is not
 // strata's stays.
 func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
-	recorded := map[string]bool{}
+	recorded := owned{dirs: map[string]bool{}, objects: map[digest.Digest]bool{}}
 	fi, err := os.Stat(l.dbPath())
 	indexed := err == nil && fi.Size() > 0
 	if indexed {
@@ -200,7 +201,7 @@ func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
 			return FsckReport{}, l.withIndexRemedy(err)
 		}
 		err = db.View(func(tx *metadata.Tx) (err error) {
-			recorded, err = recordedDirs(tx)
+			recorded, err = recordedOwners(tx)
 			return err
 		})
 		db.Close()

@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 
 	"github.com/strata-snapshotter/strata/metadata"
+	"github.com/strata-snapshotter/strata/mounts"
 )
 
 // Detail is everything strata knows of one snapshot, for operators.
@@ -107,7 +108,7 @@ func (s *snapshotter) detail(tx *metadata.Tx, rec metadata.Snapshot) (Detail, er
 	}
 	mapping := s.mappingFor(rec.Labels, lowers)
 	if rec.Kind != snapshots.KindCommitted {
-		d.Mounts = s.mounts(rec, lowers, mapping)
+		d.Mounts = mounts.For(s.mountRequest(tx, rec, lowers, mapping))
 	}
 	if mapping != nil {
 		d.UIDMapping, d.GIDMapping = mapping.uids, mapping.gids

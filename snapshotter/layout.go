@@ -22,6 +22,7 @@ import (
 //	work/<dir>           overlay's workdir, for active snapshots
 //	work/rm-<dir>        a removed snapshot's workdir awaiting deletion
 //	empty/               an empty lower directory for layers unpacked without their parent
+//	objects/             the object store of shared files (share.go; package objects)
 //	probe-*              the overlay mounted once at start to check the kernel and options
 //
 // ownership.go says which of these belong to a snapshot and which may go.
@@ -38,6 +39,7 @@ const (
 	layersDir    = "layers"
 	workDir      = "work"
 	emptyDir     = "empty"
+	objectsDir   = "objects"
 	tempPrefix   = "tmp-"
 	removePrefix = "rm-"
 	probePrefix  = "probe-"
@@ -61,6 +63,7 @@ func (l layout) dbPath() string           { return filepath.Join(l.root, dbFile)
 func (l layout) layersRoot() string       { return filepath.Join(l.root, layersDir) }
 func (l layout) workRoot() string         { return filepath.Join(l.root, workDir) }
 func (l layout) empty() string            { return filepath.Join(l.root, emptyDir) }
+func (l layout) objectsRoot() string      { return filepath.Join(l.root, objectsDir) }
 func (l layout) layer(name string) string { return filepath.Join(l.layersRoot(), name) }
 func (l layout) work(name string) string  { return filepath.Join(l.workRoot(), name) }
 func (l layout) removedLayer(name string) string {

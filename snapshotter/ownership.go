@@ -3,20 +3,24 @@ package snapshotter
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/strata-snapshotter/strata/objects"
 )
 
 // What under the root belongs to whom, and what may be deleted, is decided
 // here and only here: start-up, Cleanup and fsck all act on what survey
 // returns, so they can never disagree. The rules:
 //
-//   - metadata.db, layers/, work/, empty/ (and lost+found, when the root is
-//     a filesystem of its own) are the layout itself;
+//   - metadata.db, layers/, work/, empty/, objects/ (and lost+found, when
+//     the root is a filesystem of its own) are the layout itself;
 //   - layers/NAME and work/NAME belong to the snapshot recorded with
 //     directory NAME (by the directory index or by the record itself);
 //   - layers/rm-NAME and work/rm-NAME are directories a Remove moved aside.
@@ -32,11 +36,16 @@ import (
 //     runs fsck --discard-unindexed;
 //   - layers/tmp-* and probe-* at the root were made by a Prepare or a
 //     start-up probe cut off by a crash: garbage;
+//   - an object under objects/ belongs to the layers whose stubs stand for
+//     it: those the index records it for (before the stubs are made), and
+//     the stubs in unindexed layers. An object of no layer is garbage;
 //   - anything else, and anything of the names above that is not a
 //     directory, is not strata's: reported, never deleted.
 //
-// Garbage is deleted by Cleanup, at start and by fsck --repair; restoring
-// happens at start, in Cleanup and by fsck --repair.
+// Garbage is deleted by Cleanup, at start and by fsck --repair (objects
+// inside the transaction that finds them unowned, so that no Commit records
+// one meanwhile); restoring happens at start, in Cleanup and by fsck
+// --repair.
 
 // fate is what becomes of an entry under the root.
 type fate int
@@ -56,6 +65,8 @@ type stray struct {
 	to string
 	// why says, for an operator, how the entry came to be.
 	why string
+	// object marks an object of the store.
+	object bool
 }
 
 func (s stray) String() string {
@@ -71,11 +82,16 @@ func (s stray) String() string {
 	}
 }
 
+// owned is what the index gives an owner to.
+type owned struct {
+	dirs    map[string]bool        // layer directory names of snapshots
+	objects map[digest.Digest]bool // objects of their stubs
+}
+
 // survey lists every entry under the root that no recorded snapshot owns,
-// with its fate. recorded holds the directory names the index gives to
-// snapshots; busy says whether a path is already being deleted in the
+// with its fate. busy says whether a path is already being deleted in the
 // background (such a path is left out).
-func (l layout) survey(recorded map[string]bool, busy func(string) bool) ([]stray, error) {
+func (l layout) survey(recorded owned, busy func(string) bool) ([]stray, error) {
 	var strays []stray
 	add := func(s stray) {
 		if !busy(s.path) {
@@ -89,7 +105,7 @@ func (l layout) survey(recorded map[string]bool, busy func(string) bool) ([]stra
 	for _, e := range rootEntries {
 		p := filepath.Join(l.root, e.Name())
 		switch name := e.Name(); {
-		case name == dbFile || name == layersDir || name == workDir || name == emptyDir:
+		case name == dbFile || name == layersDir || name == workDir || name == emptyDir || name == objectsDir:
 		case name == "lost+found" && e.IsDir():
 		case strings.HasPrefix(name, probePrefix) && e.IsDir():
 			add(stray{path: p, fate: garbage, why: "a start-up probe cut off by a crash"})
@@ -104,7 +120,7 @@ func (l layout) survey(recorded map[string]bool, busy func(string) bool) ([]stra
 			return nil, err
 		}
 		for _, e := range entries {
-			if s, ok := l.judge(dir, e, recorded, kept); ok {
+			if s, ok := l.judge(dir, e, recorded.dirs, kept); ok {
 				if s.fate == unindexed {
 					kept[e.Name()] = true
 				}
@@ -112,8 +128,47 @@ func (l layout) survey(recorded map[string]bool, busy func(string) bool) ([]stra
 			}
 		}
 	}
+	objs, err := l.objectStrays(recorded.objects, kept)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range objs {
+		add(s)
+	}
 	sort.Slice(strays, func(i, j int) bool { return strays[i].path < strays[j].path })
 	return strays, nil
+}
+
+// objectStrays judges the entries of the object store: an object is owned
+// when recorded holds it or a stub in a kept (unindexed) layer stands for
+// it.
+func (l layout) objectStrays(recorded map[digest.Digest]bool, kept map[string]bool) ([]stray, error) {
+	if !exists(l.objectsRoot()) {
+		return nil, nil
+	}
+	owned := maps.Clone(recorded)
+	for name := range kept {
+		stubs, err := objects.StubsIn(l.layer(name))
+		if err != nil {
+			return nil, fmt.Errorf("read the stubs of unindexed layer %s: %w", l.layer(name), err)
+		}
+		maps.Copy(owned, stubs)
+	}
+	store, err := objects.New(l.objectsRoot())
+	if err != nil {
+		return nil, err
+	}
+	var strays []stray
+	err = store.Walk(func(e objects.Entry) error {
+		switch {
+		case e.Digest == "":
+			strays = append(strays, stray{path: e.Path, fate: foreign, why: "not an object of the store"})
+		case !owned[e.Digest]:
+			strays = append(strays, stray{path: e.Path, fate: garbage, object: true, why: "an object no layer's stubs stand for"})
+		}
+		return nil
+	})
+	return strays, err
 }
 
 // judge decides the fate of entry e of dir (layers/, then work/); ok is

@@ -35,9 +35,11 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-snapshotter/strata/metadata"
 	"github.com/strata-snapshotter/strata/mounts"
+	"github.com/strata-snapshotter/strata/objects"
 )
 
 // Snapshotter is what New returns: containerd's snapshotter interface, its
@@ -58,6 +60,8 @@ type Opt func(*config)
 type config struct {
 	syncRemove   bool
 	commitSync   bool
+	shareFiles   bool
+	minShared    int64 // the smallest file shared; minSharedSize but in tests
 	mountOptions []string
 }
 
@@ -85,6 +89,11 @@ type snapshotter struct {
 	// idmapped: the kernel does idmapped mounts, which snapshots for a
 	// user namespace need.
 	idmapped bool
+	// store holds the content of the stubs in shared layers; shareFiles
+	// makes Commit share files through it (share.go).
+	store      objects.Store
+	shareFiles bool
+	minShared  int64
 
 	mu       sync.Mutex
 	closed   bool
@@ -100,7 +109,7 @@ type snapshotter struct {
 // leftovers of interrupted operations removed, and snapshots whose directory
 // is missing, unindexed layers and entries strata did not make are logged.
 func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err error) {
-	c := config{commitSync: true}
+	c := config{commitSync: true, minShared: minSharedSize}
 	for _, o := range opts {
 		o(&c)
 	}
@@ -156,6 +165,15 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		}
 		return nil, fmt.Errorf("overlayfs is not usable under %s: %w", root, err)
 	}
+	if c.shareFiles {
+		if err := probeSharing(l, options); err != nil {
+			return nil, fmt.Errorf("share_files: this kernel or the filesystem under %s cannot share files across layers (turn share_files off): %w: %w", root, err, errdefs.ErrFailedPrecondition)
+		}
+	}
+	store, err := objects.New(l.objectsRoot())
+	if err != nil {
+		return nil, err
+	}
 	if err := l.checkIndexPresent(); err != nil {
 		return nil, err
 	}
@@ -170,6 +188,9 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		syncRemove: c.syncRemove,
 		options:    options,
 		deleting:   map[string]bool{},
+		store:      store,
+		shareFiles: c.shareFiles,
+		minShared:  c.minShared,
 	}
 	if err := s.reconcile(ctx); err != nil {
 		db.Close()
@@ -279,7 +300,7 @@ func (s *snapshotter) Mounts(ctx context.Context, key string) ([]mount.Mount, er
 		if err != nil {
 			return err
 		}
-		ms = s.mounts(rec, lowers, s.mappingFor(rec.Labels, lowers))
+		ms = mounts.For(s.mountRequest(tx, rec, lowers, s.mappingFor(rec.Labels, lowers)))
 		return nil
 	})
 	return ms, err
@@ -328,7 +349,10 @@ func (s *snapshotter) create(ctx context.Context, kind snapshots.Kind, key, pare
 			return err
 		}
 		mapping := s.mappingFor(rec.Labels, lowers)
-		req := s.mountRequest(rec, lowers, mapping)
+		req := s.mountRequest(tx, rec, lowers, mapping)
+		if err := refuseMappedSharing(mapping, req.DataDir); err != nil {
+			return fmt.Errorf("snapshot %q on %q: %w", key, parent, err)
+		}
 		if err := mounts.Check(req); err != nil {
 			return fmt.Errorf("snapshot %q on %q: %w", key, parent, err)
 		}
@@ -439,13 +463,9 @@ func (s *snapshotter) populate(td string, lowers []string, mapping *idMapping) e
 	return nil
 }
 
-// mounts are rec's mounts on lowers, carrying mapping (mappingFor) if any.
-func (s *snapshotter) mounts(rec metadata.Snapshot, lowers []string, mapping *idMapping) []mount.Mount {
-	return mounts.For(s.mountRequest(rec, lowers, mapping))
-}
-
-// mountRequest describes rec's mounts on lowers to the mounts package.
-func (s *snapshotter) mountRequest(rec metadata.Snapshot, lowers []string, mapping *idMapping) mounts.Request {
+// mountRequest describes rec's mounts on lowers, carrying mapping
+// (mappingFor) if any, to the mounts package.
+func (s *snapshotter) mountRequest(tx *metadata.Tx, rec metadata.Snapshot, lowers []string, mapping *idMapping) mounts.Request {
 	parents := make([]string, len(lowers))
 	for i, dir := range lowers {
 		parents[i] = s.layout.layer(dir)
@@ -459,6 +479,7 @@ func (s *snapshotter) mountRequest(rec metadata.Snapshot, lowers []string, mappi
 		Parents:  parents,
 		Options:  s.options,
 		Mapping:  mapping.options(),
+		DataDir:  s.dataDir(tx, lowers),
 	}
 	if extractsUpperLayer(rec) {
 		req.EmptyLower = s.layout.empty()
@@ -495,7 +516,19 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return err
 	}
+	// After the usage, which counts the layer as containerd's overlayfs
+	// would store it.
+	planShare := func() (*objects.Plan, error) {
+		plan, err := s.planShare(ctx, rec, commitParent(rec, base.Parent))
+		if err != nil {
+			return nil, exhaustedOnFullDisk(fmt.Errorf("share files of %q: %w", key, err))
+		}
+		return plan, nil
+	}
 	if rec.Staged {
+		if _, err := planShare(); err != nil {
+			return err
+		}
 		return exhaustedOnFullDisk(s.db.Write(func(tx *metadata.Tx) error {
 			usage, err := s.stagedUsage(ctx, tx, rec, base.Parent)
 			if err != nil {
@@ -510,6 +543,10 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return exhaustedOnFullDisk(fmt.Errorf("measure usage of %q: %w", key, err))
 	}
+	plan, err := planShare()
+	if err != nil {
+		return err
+	}
 	if s.flusher != nil {
 		// The layer's files reach the disk before the commit is
 		// acknowledged (bbolt syncs the index itself). syncfs flushes the
@@ -519,10 +556,27 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 			return exhaustedOnFullDisk(fmt.Errorf("flush layer %q to disk: %w", key, err))
 		}
 	}
-	return exhaustedOnFullDisk(s.db.Write(func(tx *metadata.Tx) error {
-		_, err := tx.CommitSnapshot(key, name, rec.ID, usage, base)
-		return err
-	}))
+	err = s.db.Write(func(tx *metadata.Tx) error {
+		if _, err := tx.CommitSnapshot(key, name, rec.ID, usage, base); err != nil {
+			return err
+		}
+		if plan == nil {
+			return nil
+		}
+		return tx.ShareFiles(rec.DirName, plan.Objects())
+	})
+	if err != nil {
+		return exhaustedOnFullDisk(err)
+	}
+	if plan != nil {
+		s.applySharing(ctx, rec.DirName, plan)
+		if s.flusher != nil {
+			if err := s.flusher.flush(); err != nil {
+				log.G(ctx).WithError(err).WithField("key", name).Error("failed to flush a layer's stubs to disk")
+			}
+		}
+	}
+	return nil
 }
 
 // exhaustedOnFullDisk marks a full disk (or quota) as ResourceExhausted, so
@@ -673,7 +727,7 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 	var strays []stray
 	err := s.db.Write(func(tx *metadata.Tx) error {
-		recorded, err := recordedDirs(tx)
+		recorded, err := recordedOwners(tx)
 		if err != nil {
 			return err
 		}
@@ -681,6 +735,12 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 			return err
 		}
 		for _, st := range strays {
+			if st.fate == garbage && st.object {
+				// Now: once the transaction ends, a Commit may
+				// record the object again before it links it.
+				deleteObject(ctx, st)
+				continue
+			}
 			if st.fate != restore {
 				continue
 			}
@@ -698,7 +758,7 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 		return nil, err
 	}
 	for _, st := range strays {
-		if st.fate == garbage {
+		if st.fate == garbage && !st.object {
 			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Info("deleting directory no snapshot owns")
 			deleteDir(ctx, st.path)
 		}
@@ -706,19 +766,32 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 	return strays, nil
 }
 
-// recordedDirs is the set of directory names the index gives to snapshots:
-// by its directory index and by the records themselves, so that a damaged
-// index entry never makes a snapshot's directory look unowned.
-func recordedDirs(tx *metadata.Tx) (map[string]bool, error) {
-	names := map[string]bool{}
+// recordedOwners is what the index gives to snapshots: directory names, by
+// its directory index and by the records themselves, so that a damaged
+// index entry never makes a snapshot's directory look unowned; and the
+// objects recorded for any directory.
+func recordedOwners(tx *metadata.Tx) (owned, error) {
+	o := owned{dirs: map[string]bool{}, objects: map[digest.Digest]bool{}}
 	for name := range tx.Dirs() {
-		names[name] = true
+		o.dirs[name] = true
+	}
+	for d := range tx.Objects() {
+		o.objects[d] = true
 	}
 	err := tx.Walk(func(rec metadata.Snapshot) error {
-		names[rec.DirName] = true
+		o.dirs[rec.DirName] = true
 		return nil
 	})
-	return names, err
+	return o, err
+}
+
+// deleteObject removes an object no layer owns.
+func deleteObject(ctx context.Context, st stray) {
+	if err := os.Remove(st.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).WithField("path", st.path).Warn("failed to delete an object no layer owns; Cleanup will retry")
+		return
+	}
+	log.G(ctx).WithField("path", st.path).Debug("deleted an object no layer owns")
 }
 
 // beingDeleted reports whether a background deletion is working on path.

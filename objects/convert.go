@@ -1,0 +1,209 @@
+package objects
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/containerd/continuity/sysx"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// Plan is the conversion of one layer that Scan prepared: the layer's large
+// regular files, grouped by inode, with the digest of each group's content.
+type Plan struct {
+	groups []group
+	// dirs are the directories whose entries Apply replaces, with their
+	// times, put back once the stubs are in place.
+	dirs map[string][]unix.Timespec
+	// Stripped names the entries whose forged kernel xattrs Scan removed.
+	Stripped []string
+}
+
+// group is one inode of the layer: its names and its content.
+type group struct {
+	paths  []string
+	digest digest.Digest
+	size   int64
+}
+
+// Objects are the objects the plan's stubs stand for, with their sizes:
+// what the index records before Apply makes the stubs.
+func (p *Plan) Objects() map[digest.Digest]int64 {
+	objs := make(map[digest.Digest]int64, len(p.groups))
+	for _, g := range p.groups {
+		objs[g.digest] = g.size
+	}
+	return objs
+}
+
+// Files counts the files (inodes) the plan converts.
+func (p *Plan) Files() int { return len(p.groups) }
+
+// Scan reads the layer directory dir and prepares its conversion:
+//   - with strip, it strips the kernel's metacopy and redirect xattrs from
+//     every entry that is not a directory. A layer written through a bind
+//     mount can carry them (containerd's applier writes an image's xattrs
+//     as they are into an image's first layer), and below a mount with the
+//     object store the kernel would follow them into any object. A layer
+//     written through an overlay mount cannot (overlayfs escapes them): its
+//     are the kernel's own, a metadata-only copy-up whose data is in the
+//     layers below, and stay;
+//   - when minSize > 0, it hashes each regular file of at least minSize
+//     bytes that holds its own data, once per inode, for Apply.
+//
+// Nothing may write to the layer meanwhile: it is an active snapshot being
+// committed, or a committed layer not yet scanned.
+func Scan(dir string, minSize int64, strip bool) (*Plan, error) {
+	p := &Plan{dirs: map[string][]unix.Timespec{}}
+	byInode := map[uint64]int{} // inode -> index in p.groups
+	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		carries, err := p.check(path, strip)
+		if err != nil || carries {
+			return err
+		}
+		if !e.Type().IsRegular() || minSize <= 0 {
+			return nil
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return &fs.PathError{Op: "lstat", Path: path, Err: err}
+		}
+		if st.Size < minSize {
+			return nil
+		}
+		if i, ok := byInode[st.Ino]; ok {
+			p.groups[i].paths = append(p.groups[i].paths, path)
+			return p.noteDir(path)
+		}
+		d, err := hashFile(path)
+		if err != nil {
+			return err
+		}
+		byInode[st.Ino] = len(p.groups)
+		p.groups = append(p.groups, group{paths: []string{path}, digest: d, size: st.Size})
+		return p.noteDir(path)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// check deals with the kernel's stub xattrs on path: with strip it strips
+// them, else it reports that path carries them (the kernel's
+// metadata-only copy-up, which holds no data of its own).
+func (p *Plan) check(path string, strip bool) (carries bool, err error) {
+	names, err := sysx.LListxattr(path)
+	if err != nil {
+		return false, fmt.Errorf("list xattrs of %s: %w", path, err)
+	}
+	var found []string
+	for _, n := range names {
+		if n == metacopyXattr || n == redirectXattr {
+			found = append(found, n)
+		}
+	}
+	if len(found) == 0 {
+		return false, nil
+	}
+	if !strip {
+		return true, nil
+	}
+	for _, n := range found {
+		if err := unix.Lremovexattr(path, n); err != nil && !errors.Is(err, unix.ENODATA) {
+			return false, fmt.Errorf("strip %s from %s: %w", n, path, err)
+		}
+	}
+	p.Stripped = append(p.Stripped, path)
+	return false, nil
+}
+
+// stubObject returns the object a stub at path stands for: the digest its
+// redirect names in the store, if it has both of the kernel's xattrs.
+func stubObject(path string) (digest.Digest, bool) {
+	if _, err := sysx.LGetxattr(path, metacopyXattr); err != nil {
+		return "", false
+	}
+	r, err := sysx.LGetxattr(path, redirectXattr)
+	if err != nil {
+		return "", false
+	}
+	return digestOf(string(r))
+}
+
+// digestOf reads a redirect ("/sha256/ab/cdef...") back into a digest.
+func digestOf(redirect string) (digest.Digest, bool) {
+	parts := strings.Split(strings.TrimPrefix(redirect, "/"), "/")
+	if len(parts) != 3 || len(parts[1]) != 2 {
+		return "", false
+	}
+	d := digest.NewDigestFromEncoded(digest.Algorithm(parts[0]), parts[1]+parts[2])
+	return d, d.Validate() == nil && Redirect(d) == redirect
+}
+
+// noteDir records the times of path's directory, once, before Apply
+// changes its entries.
+func (p *Plan) noteDir(path string) error {
+	dir := filepath.Dir(path)
+	if _, ok := p.dirs[dir]; ok {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(dir, &st); err != nil {
+		return &fs.PathError{Op: "lstat", Path: dir, Err: err}
+	}
+	p.dirs[dir] = []unix.Timespec{st.Atim, st.Mtim}
+	return nil
+}
+
+// Apply stores each planned file's content in s (its inode becomes the
+// object when s has none of that content) and replaces its names with a
+// stub made in tmp, a directory on the layer's filesystem, then puts back
+// the times of the directories it changed. The index must record the
+// plan's objects first (Objects), and mounts of the layer must have the
+// store below, so that every name reads its content at every step: a crash
+// leaves each name the file or a stub of an object already stored, and
+// temporary names only in tmp.
+func (p *Plan) Apply(s Store, tmp string) (err error) {
+	// The times go back whatever happens: a failure leaves some files
+	// converted, and their directories changed.
+	defer func() {
+		for _, dir := range slices.Sorted(maps.Keys(p.dirs)) {
+			if terr := unix.UtimesNanoAt(unix.AT_FDCWD, dir, p.dirs[dir], unix.AT_SYMLINK_NOFOLLOW); terr != nil && err == nil {
+				err = &fs.PathError{Op: "utimes", Path: dir, Err: terr}
+			}
+		}
+	}()
+	for _, g := range p.groups {
+		if err := s.Link(g.paths[0], g.digest); err != nil {
+			return err
+		}
+		if err := Stub(g.digest, tmp, g.paths...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func hashFile(path string) (digest.Digest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	d, err := digest.SHA256.FromReader(f)
+	if err != nil {
+		return "", fmt.Errorf("hash %s: %w", path, err)
+	}
+	return d, nil
+}

@@ -1,0 +1,423 @@
+package snapshotter
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/continuity/sysx"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/strata-snapshotter/strata/internal/testutil"
+	"github.com/strata-snapshotter/strata/objects"
+)
+
+// seen is what a container sees of every entry of a tree: type and mode,
+// owner, size, link count, mtime, user xattrs, content, and which names
+// share an inode.
+func seen(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	inodes := map[uint64]string{}
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		d := fmt.Sprintf("mode=%o uid=%d gid=%d nlink=%d mtime=%d.%09d", st.Mode, st.Uid, st.Gid, st.Nlink, st.Mtim.Sec, st.Mtim.Nsec)
+		if fi.Mode().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			d += fmt.Sprintf(" size=%d content=%s", st.Size, digest.FromBytes(b))
+			if first, ok := inodes[st.Ino]; ok {
+				d += " same-inode-as=" + first
+			} else {
+				inodes[st.Ino] = rel
+			}
+		}
+		if v, err := sysx.LGetxattr(p, "user.tag"); err == nil {
+			d += " user.tag=" + string(v)
+		}
+		out[rel] = d
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func randomBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// build prepares key on parent, runs fill in its mount, records what the
+// mount shows, and commits it as name; it returns what was seen.
+func build(t *testing.T, sn snapshots.Snapshotter, name, parent string, fill func(dir string)) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	key := name + "-active"
+	ms, err := sn.Prepare(ctx, key, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before map[string]string
+	testutil.WithMount(t, ms, func(dir string) {
+		fill(dir)
+		before = seen(t, dir)
+	})
+	if err := sn.Commit(ctx, name, key); err != nil {
+		t.Fatalf("commit %s: %v", name, err)
+	}
+	return before
+}
+
+// viewSees mounts a view of key and returns what it shows.
+func viewSees(t *testing.T, sn snapshots.Snapshotter, key string) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	ms, err := sn.View(ctx, "view-of-"+key, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sn.Remove(ctx, "view-of-"+key)
+	var got map[string]string
+	testutil.WithMount(t, ms, func(dir string) { got = seen(t, dir) })
+	return got
+}
+
+func sameTree(t *testing.T, what string, want, got map[string]string) {
+	t.Helper()
+	var diffs []string
+	for k, w := range want {
+		if g := got[k]; g != w {
+			diffs = append(diffs, fmt.Sprintf("%s:\n  before: %s\n  now:    %s", k, w, g))
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s: new: %s", k, g))
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > 0 {
+		t.Fatalf("%s differs:\n%s", what, strings.Join(diffs, "\n"))
+	}
+}
+
+func writeFile(t *testing.T, p string, b []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// objectsIn lists the objects of the store under root.
+func objectsIn(t *testing.T, root string) []digest.Digest {
+	t.Helper()
+	store, err := objects.New(filepath.Join(root, objectsDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds []digest.Digest
+	err = store.Walk(func(e objects.Entry) error {
+		if e.Digest == "" {
+			t.Errorf("not an object in the store: %s", e.Path)
+		}
+		ds = append(ds, e.Digest)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds
+}
+
+func digests(bs ...[]byte) []digest.Digest {
+	var ds []digest.Digest
+	for _, b := range bs {
+		ds = append(ds, digest.FromBytes(b))
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds
+}
+
+// TestShareFiles: with share_files, each distinct content of the large
+// files of all layers is stored once, small files stay in their layers,
+// and every view (a single layer included) and container shows exactly
+// what the layer showed before its commit: modes with special bits,
+// owners, sizes, link counts and hard-link groups, mtimes of files and
+// directories, user xattrs, content. A container's write copies up and
+// leaves the object alone. Objects go with the last layer whose stubs
+// stand for them.
+func TestShareFiles(t *testing.T) {
+	sn, root := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
+	a, b, c := randomBytes(t, 64<<10), randomBytes(t, 20<<10), randomBytes(t, 1<<20)
+	small := []byte("small file, stays in its layer\n")
+	baseSaw := build(t, sn, "base", "", func(dir string) {
+		writeFile(t, filepath.Join(dir, "usr/lib/a.so"), a, 0o755)
+		writeFile(t, filepath.Join(dir, "usr/lib/a-copy.so"), a, 0o644)
+		writeFile(t, filepath.Join(dir, "usr/bin/tool"), b, 0o4755)
+		if err := os.Link(filepath.Join(dir, "usr/bin/tool"), filepath.Join(dir, "usr/bin/tool-link")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(filepath.Join(dir, "usr/bin/tool"), 1000, 4000000000); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, "usr/bin/tool"), 0o4755); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Lsetxattr(filepath.Join(dir, "usr/lib/a.so"), "user.tag", []byte("kept"), 0); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, "etc/small"), small, 0o600)
+		for _, p := range []string{"usr/lib/a.so", "usr/lib", "usr/bin", "usr"} {
+			if err := unix.UtimesNano(filepath.Join(dir, p), []unix.Timespec{{Sec: 1e9, Nsec: 5}, {Sec: 1e9, Nsec: 7}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	sameTree(t, "a view of the bottom layer alone", baseSaw, viewSees(t, sn, "base"))
+
+	appSaw := build(t, sn, "app", "base", func(dir string) {
+		writeFile(t, filepath.Join(dir, "app/a-again.so"), a, 0o644)
+		writeFile(t, filepath.Join(dir, "app/big"), c, 0o644)
+		if err := os.Remove(filepath.Join(dir, "usr/lib/a-copy.so")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	sameTree(t, "a view of the image", appSaw, viewSees(t, sn, "app"))
+
+	if got, want := objectsIn(t, root), digests(a, b, c); !equalDigests(got, want) {
+		t.Fatalf("objects %v, want one per distinct large content %v", got, want)
+	}
+	baseDir := sn.layout.layer(layerOfKey(t, sn, "base"))
+	for _, p := range []string{"usr/lib/a.so", "usr/bin/tool"} {
+		var st unix.Stat_t
+		// ext4 gives the stub's xattrs a block of their own when they
+		// do not fit in the inode: 8 sectors.
+		if err := unix.Lstat(filepath.Join(baseDir, p), &st); err != nil || st.Blocks > 8 {
+			t.Errorf("%s in the layer holds %d sectors (%v); want a stub without data", p, st.Blocks, err)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(baseDir, "etc/small")); err != nil || !bytes.Equal(got, small) {
+		t.Errorf("the small file does not stay in its layer: %q, %v", got, err)
+	}
+	// containerd's usage counts the layer as overlayfs would store it.
+	if u, err := sn.Usage(ctx, "base"); err != nil || u.Size < int64(len(a)*2+len(b)) {
+		t.Errorf("usage of base %+v (%v), want at least the %d bytes of its files", u, err, len(a)*2+len(b))
+	}
+
+	// A container writes to a shared file: the object stays as it was.
+	ms, err := sn.Prepare(ctx, "ctr", "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WithMount(t, ms, func(dir string) {
+		f, err := os.OpenFile(filepath.Join(dir, "app/a-again.so"), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write([]byte("changed"))
+		f.Close()
+		if err := os.Chmod(filepath.Join(dir, "usr/bin/tool"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(filepath.Join(dir, "usr/bin/tool")); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("a chmod-ed shared file reads %d bytes (%v)", len(got), err)
+		}
+	})
+	if got, err := os.ReadFile(filepath.Join(root, objectsDir, objectPath(digest.FromBytes(a)))); err != nil || !bytes.Equal(got, a) {
+		t.Fatalf("the object changed under a container's write (%v)", err)
+	}
+	sameTree(t, "the image after a container wrote", appSaw, viewSees(t, sn, "app"))
+
+	// The objects go with the last layer that stands on them.
+	for _, key := range []string{"ctr", "app"} {
+		if err := sn.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := objectsIn(t, root), digests(a, b); !equalDigests(got, want) {
+		t.Fatalf("objects after removing app: %v, want %v", got, want)
+	}
+	sameTree(t, "the bottom layer after app went", baseSaw, viewSees(t, sn, "base"))
+	if err := sn.Remove(ctx, "base"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := objectsIn(t, root); len(got) != 0 {
+		t.Fatalf("objects after removing every layer: %v", got)
+	}
+}
+
+func equalDigests(a, b []digest.Digest) bool {
+	return fmt.Sprint(a) == fmt.Sprint(b)
+}
+
+func objectPath(d digest.Digest) string {
+	return strings.TrimPrefix(objects.Redirect(d), "/")
+}
+
+func layerOfKey(t *testing.T, sn *snapshotter, key string) string {
+	t.Helper()
+	rec, err := sn.get(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.DirName
+}
+
+// TestForgedStubXattrs: an image's first layer, which containerd's applier
+// writes through a bind mount with the image's xattrs as they are, cannot
+// make a file read another layer's object: the kernel's stub xattrs it
+// carries are stripped when it is committed. A layer written through an
+// overlay mount keeps the kernel's own (a container's chmod of a shared
+// file copies up its metadata alone), and reads right.
+func TestForgedStubXattrs(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithShareFiles(true))
+	secret := randomBytes(t, 64<<10)
+	build(t, sn, "victim", "", func(dir string) {
+		writeFile(t, filepath.Join(dir, "secret"), secret, 0o600)
+	})
+	forge := func(p string) {
+		for k, v := range map[string]string{"trusted.overlay.metacopy": "", "trusted.overlay.redirect": objects.Redirect(digest.FromBytes(secret))} {
+			if err := unix.Lsetxattr(p, k, []byte(v), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	own := randomBytes(t, 32<<10)
+	build(t, sn, "evil", "", func(dir string) {
+		// A hole where the secret would be, and a large file of its own,
+		// each carrying a stub's xattrs naming the secret's object.
+		if err := os.WriteFile(filepath.Join(dir, "steal"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(filepath.Join(dir, "steal"), int64(len(secret))); err != nil {
+			t.Fatal(err)
+		}
+		forge(filepath.Join(dir, "steal"))
+		writeFile(t, filepath.Join(dir, "own"), own, 0o644)
+		forge(filepath.Join(dir, "own"))
+	})
+	// A layer above, written through an overlay mount: a chmod of a
+	// shared file there is the kernel's metadata-only copy-up.
+	build(t, sn, "evil-top", "evil", func(dir string) {
+		if err := os.Chmod(filepath.Join(dir, "own"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	for _, key := range []string{"evil", "evil-top"} {
+		ms, err := sn.View(context.Background(), "check-"+key, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.WithMount(t, ms, func(dir string) {
+			if got, err := os.ReadFile(filepath.Join(dir, "steal")); err != nil || bytes.Equal(got, secret) || !bytes.Equal(got, make([]byte, len(secret))) {
+				t.Errorf("%s: a forged stub read %d bytes, secret=%v (%v); want its own zeros", key, len(got), bytes.Equal(got, secret), err)
+			}
+			if got, err := os.ReadFile(filepath.Join(dir, "own")); err != nil || !bytes.Equal(got, own) {
+				t.Errorf("%s: a file with forged stub xattrs read %d bytes (%v); want its own content", key, len(got), err)
+			}
+		})
+	}
+}
+
+// TestShareFilesFailure: a conversion that fails midway (here on a file the
+// kernel will not let it link or replace) fails no commit: the layer is
+// committed, every name reads what it held, and the other files are shared.
+func TestShareFilesFailure(t *testing.T) {
+	sn, root := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
+	files := map[string][]byte{"a": randomBytes(t, 32<<10), "b": randomBytes(t, 32<<10), "c": randomBytes(t, 32<<10)}
+	ms, err := sn.Prepare(ctx, "active", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saw map[string]string
+	testutil.WithMount(t, ms, func(dir string) {
+		for n, b := range files {
+			writeFile(t, filepath.Join(dir, n), b, 0o644)
+		}
+		saw = seen(t, dir)
+	})
+	b := filepath.Join(sn.layout.layer(layerOf(t, ms)), "b")
+	setFlags(t, b, fsAppendFL)
+	t.Cleanup(func() { setFlags(t, b, 0) })
+	if err := sn.Commit(ctx, "layer", "active"); err != nil {
+		t.Fatalf("commit with a file that cannot be shared: %v", err)
+	}
+	sameTree(t, "the layer after a conversion failed midway", saw, viewSees(t, sn, "layer"))
+	if got := objectsIn(t, root); len(got) != 1 || got[0] != digest.FromBytes(files["a"]) {
+		t.Fatalf("objects %v, want a's alone (the conversion stops at b)", got)
+	}
+}
+
+// fsAppendFL is the kernel's FS_APPEND_FL inode flag (linux/fs.h).
+const fsAppendFL = 0x20
+
+func setFlags(t *testing.T, p string, flags int) {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, flags); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSharedChainRefusesMapping: containerd cannot mount the object store
+// for a user namespace, so a snapshot with an ID mapping on layers holding
+// stubs is refused, saying why; on layers without, it is served.
+func TestSharedChainRefusesMapping(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithShareFiles(true))
+	if !sn.idmapped {
+		t.Skip("this kernel has no idmapped mounts")
+	}
+	build(t, sn, "shared", "", func(dir string) { writeFile(t, filepath.Join(dir, "big"), randomBytes(t, 32<<10), 0o644) })
+	build(t, sn, "plain", "", func(dir string) { writeFile(t, filepath.Join(dir, "small"), []byte("x"), 0o644) })
+	mapped := snapshots.WithLabels(map[string]string{"containerd.io/snapshot/uidmapping": "0:200000:65536", "containerd.io/snapshot/gidmapping": "0:200000:65536"})
+	_, err := sn.Prepare(context.Background(), "userns", "shared", mapped)
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "share_files") {
+		t.Fatalf("mapped container on shared layers: %v, want FailedPrecondition naming share_files", err)
+	}
+	if _, err := sn.Prepare(context.Background(), "userns-plain", "plain", mapped); err != nil {
+		t.Fatalf("mapped container on layers without stubs: %v", err)
+	}
+}
+
