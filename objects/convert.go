@@ -85,7 +85,7 @@ func Scan(dir string, minSize int64, strip bool) (*Plan, error) {
 			p.groups[i].paths = append(p.groups[i].paths, path)
 			return p.noteDir(path)
 		}
-		d, err := hashFile(path)
+		d, err := Hash(path)
 		if err != nil {
 			return err
 		}
@@ -195,7 +195,8 @@ func (p *Plan) Apply(s Store, tmp string) (err error) {
 	return nil
 }
 
-func hashFile(path string) (digest.Digest, error) {
+// Hash is the digest of the content of the file at path.
+func Hash(path string) (digest.Digest, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err

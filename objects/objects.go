@@ -58,7 +58,7 @@ func (s Store) Path(d digest.Digest) string {
 // Add stores the content of the regular file at path, which must be on the
 // store's filesystem, and returns its digest (see Link).
 func (s Store) Add(path string) (digest.Digest, error) {
-	d, err := hashFile(path)
+	d, err := Hash(path)
 	if err != nil {
 		return "", err
 	}

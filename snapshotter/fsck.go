@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-snapshotter/strata/metadata"
+	"github.com/strata-snapshotter/strata/objects"
 )
 
 // FsckReport is what Fsck found, and what it changed when asked to repair.
@@ -32,6 +35,9 @@ type FsckOptions struct {
 	// a store whose index is missing or empty (the state in which strata
 	// refuses to start), or the unindexed layers of one with an index.
 	DiscardUnindexed bool
+	// VerifyObjects reads every object of the store (share_files) and
+	// checks that its content hashes to its name.
+	VerifyObjects bool
 }
 
 // Fsck checks a stopped store at root: the index against itself, every
@@ -69,28 +75,33 @@ func Fsck(ctx context.Context, root string, opts FsckOptions) (FsckReport, error
 	defer db.Close()
 
 	var r FsckReport
-	findings, strays, err := check(ctx, l, db)
+	findings, strays, err := check(ctx, l, db, opts.VerifyObjects)
 	if err != nil || !opts.Repair {
 		r.Findings = findings
 		return r, err
 	}
 	r.repair(ctx, strays)
 	// What is left is what repair cannot fix.
-	r.Findings, _, err = check(ctx, l, db)
+	r.Findings, _, err = check(ctx, l, db, opts.VerifyObjects)
 	return r, err
 }
 
 // check compares the index with itself and with the disk, and surveys the
 // root.
-func check(ctx context.Context, l layout, db *metadata.DB) (findings []string, strays []stray, err error) {
+func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (findings []string, strays []stray, err error) {
 	var (
 		recs     []metadata.Snapshot
 		recorded owned
+		objs     map[string]map[digest.Digest]int64 // by directory
 	)
 	err = db.View(func(tx *metadata.Tx) (err error) {
 		findings = append(findings, tx.Check()...)
 		if recorded, err = recordedOwners(tx); err != nil {
 			return err
+		}
+		objs = map[string]map[digest.Digest]int64{}
+		for _, dir := range tx.ScannedDirs() {
+			objs[dir] = tx.DirObjects(dir)
 		}
 		return tx.Walk(func(s metadata.Snapshot) error {
 			recs = append(recs, s)
@@ -115,7 +126,64 @@ func check(ctx context.Context, l layout, db *metadata.DB) (findings []string, s
 	for _, st := range strays {
 		findings = append(findings, st.String())
 	}
+	findings = append(findings, checkStubs(l, objs)...)
+	if verify {
+		findings = append(findings, verifyObjects(l)...)
+	}
 	return findings, strays, nil
+}
+
+// checkStubs checks that every stub in a layer that holds them stands for
+// an object the index records for the layer, and that the object is there.
+func checkStubs(l layout, objs map[string]map[digest.Digest]int64) []string {
+	var findings []string
+	store, err := objects.New(l.objectsRoot())
+	if err != nil {
+		return []string{fmt.Sprintf("object store: %v", err)}
+	}
+	for _, dir := range slices.Sorted(maps.Keys(objs)) {
+		if !exists(l.layer(dir)) {
+			continue // reported with its snapshot
+		}
+		stubs, err := objects.StubsIn(l.layer(dir))
+		if err != nil {
+			findings = append(findings, fmt.Sprintf("layer %s: cannot read its stubs: %v", l.layer(dir), err))
+			continue
+		}
+		for _, d := range slices.Sorted(maps.Keys(stubs)) {
+			if _, ok := objs[dir][d]; !ok {
+				findings = append(findings, fmt.Sprintf("layer %s has stubs of object %s, which the index does not record for it", l.layer(dir), d))
+			}
+			if !exists(store.Path(d)) {
+				findings = append(findings, fmt.Sprintf("layer %s has stubs of object %s, which is missing: those files cannot be read; remove the images that use the layer and pull them again", l.layer(dir), d))
+			}
+		}
+	}
+	return findings
+}
+
+// verifyObjects hashes every object of the store.
+func verifyObjects(l layout) []string {
+	store, err := objects.New(l.objectsRoot())
+	if err != nil {
+		return []string{fmt.Sprintf("object store: %v", err)}
+	}
+	var findings []string
+	err = store.Walk(func(e objects.Entry) error {
+		if e.Digest == "" {
+			return nil // reported by the survey
+		}
+		if got, err := objects.Hash(e.Path); err != nil {
+			findings = append(findings, fmt.Sprintf("object %s: %v", e.Path, err))
+		} else if got != e.Digest {
+			findings = append(findings, fmt.Sprintf("object %s holds content of digest %s: every file that stands for it reads wrong; remove the images that use it and pull them again", e.Path, got))
+		}
+		return nil
+	})
+	if err != nil {
+		findings = append(findings, fmt.Sprintf("object store: %v", err))
+	}
+	return findings
 }
 
 // checkRecord compares one snapshot with its directories. A layer directory

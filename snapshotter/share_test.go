@@ -421,3 +421,86 @@ func TestSharedChainRefusesMapping(t *testing.T) {
 	}
 }
 
+
+// TestFsckObjects: fsck reports a stub whose object is missing, and with
+// VerifyObjects an object whose content is not its name's; an object no
+// layer stands on is garbage for start-up and fsck --repair alike, while
+// one that only an unindexed layer's stubs stand on is kept with the layer.
+func TestFsckObjects(t *testing.T) {
+	sn, root := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
+	olderIndex, err := os.ReadFile(filepath.Join(root, dbFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := randomBytes(t, 32<<10)
+	build(t, sn, "layer", "", func(dir string) { writeFile(t, filepath.Join(dir, "f"), content, 0o644) })
+	sn.Close()
+	if r := fsckSays(t, root, FsckOptions{VerifyObjects: true}); len(r.Findings) != 0 {
+		t.Fatalf("fsck of a clean store with shared files: %q", r.Findings)
+	}
+	obj := filepath.Join(root, objectsDir, objectPath(digest.FromBytes(content)))
+
+	// An object whose content changed.
+	if err := os.WriteFile(obj, []byte("not what it was"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fsckSays(t, root, FsckOptions{VerifyObjects: true}, "holds content of digest "+digest.FromString("not what it was").String())
+	// An object gone.
+	if err := os.Remove(obj); err != nil {
+		t.Fatal(err)
+	}
+	fsckSays(t, root, FsckOptions{}, "which is missing: those files cannot be read")
+	if err := os.WriteFile(obj, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// An object of no layer: garbage, for fsck --repair and start-up.
+	orphan := randomBytes(t, 100)
+	orphanPath := filepath.Join(root, objectsDir, objectPath(digest.FromBytes(orphan)))
+	plantOrphan := func() {
+		writeFile(t, orphanPath, orphan, 0o644)
+	}
+	plantOrphan()
+	fsckSays(t, root, FsckOptions{}, orphanPath+" belongs to no snapshot (an object no layer's stubs stand for)")
+	r := fsckSays(t, root, FsckOptions{Repair: true})
+	if exists(orphanPath) || len(r.Findings) != 0 {
+		t.Fatalf("fsck --repair left the orphan object (%v) or findings %q", exists(orphanPath), r.Findings)
+	}
+	plantOrphan()
+	again, err := New(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exists(orphanPath) {
+		t.Fatal("start-up left the orphan object")
+	}
+	sameTree(t, "the layer after start-up", map[string]string{".": "", "f": ""}, keysOnly(viewSees(t, again, "layer")))
+	again.Close()
+
+	// An older index put back, which does not record the layer: the layer
+	// is kept as unindexed, and so is its object.
+	if err := os.WriteFile(filepath.Join(root, dbFile), olderIndex, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	older, err := New(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := older.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	older.Close()
+	if !exists(obj) {
+		t.Fatal("start-up and Cleanup deleted the object of an unindexed layer")
+	}
+	fsckSays(t, root, FsckOptions{}, "is not recorded by the index but is not garbage")
+}
+
+func keysOnly(m map[string]string) map[string]string {
+	out := map[string]string{}
+	for k := range m {
+		out[k] = ""
+	}
+	return out
+}

@@ -47,7 +47,7 @@ func TestCommandLine(t *testing.T) {
 			t.Fatalf("%v: exit %d, stderr %q", args, code, errOut)
 		}
 		for _, want := range []string{"ls ", "tree ", "inspect ", "du ", "fsck ", "containerd-config ", "health ", "version ", "help ",
-			"--config FILE", "--root DIR", "--address SOCKET", "--log-format FORMAT", "sync_remove, sync_on_commit, mount_options, shutdown_timeout"} {
+			"--config FILE", "--root DIR", "--address SOCKET", "--log-format FORMAT", "sync_remove, sync_on_commit, share_files, mount_options, shutdown_timeout"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%v lacks %q:\n%s", args, want, out)
 			}

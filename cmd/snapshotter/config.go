@@ -52,6 +52,11 @@ type Config struct {
 	SyncRemove bool `toml:"sync_remove"`
 	// SyncOnCommit flushes a layer's files to disk before Commit returns.
 	SyncOnCommit bool `toml:"sync_on_commit"`
+	// ShareFiles stores each distinct content of the large files of the
+	// layers committed from now on once, in an object store under the
+	// root, and leaves metadata-only stubs in the layers (overlayfs
+	// data-only lower layers, Linux 6.5).
+	ShareFiles bool `toml:"share_files"`
 	// MountOptions are added to every overlay mount.
 	MountOptions []string `toml:"mount_options"`
 	// ShutdownTimeout bounds how long in-flight calls may run after SIGTERM.
@@ -214,7 +219,7 @@ func describeDecodeError(key string, err error) string {
 		"root": "a string (an absolute path)", "address": "a string (a socket path)",
 		"admin_address": "a string (a socket path)", "metrics_address": "a string (a socket path or HOST:PORT)",
 		"log_level": "a string", "log_format": "a string", "sync_remove": "true or false",
-		"sync_on_commit": "true or false", "mount_options": "a list of strings",
+		"sync_on_commit": "true or false", "share_files": "true or false", "mount_options": "a list of strings",
 		"shutdown_timeout": `a duration string such as "10s"`,
 	}[key]
 	msg := strings.TrimPrefix(err.Error(), "toml: ")

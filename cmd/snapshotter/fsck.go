@@ -14,6 +14,7 @@ func runFsck(g *globals, args []string, stdout, stderr io.Writer) int {
 	fl := subcommandFlags(g, "fsck", stdout, stderr)
 	repair := fl.Bool("repair", false, "do what start-up does: put back directories of interrupted removals, remove those no snapshot owns (nothing else)")
 	discard := fl.Bool("discard-unindexed", false, "delete the layers no index records: all of them when the index is missing or empty (strata then starts an empty store), else those kept as unindexed")
+	verify := fl.Bool("verify-objects", false, "read every object of the store (share_files) and check that its content hashes to its name")
 	if _, code, ok := parseArgs(fl, args, 0, 0); !ok {
 		return code
 	}
@@ -29,7 +30,7 @@ func runFsck(g *globals, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "strata-snapshotter fsck: must run as root: the store is root's only")
 		return exitFailure
 	}
-	r, err := snapshotter.Fsck(context.Background(), cfg.Root, snapshotter.FsckOptions{Repair: *repair, DiscardUnindexed: *discard})
+	r, err := snapshotter.Fsck(context.Background(), cfg.Root, snapshotter.FsckOptions{Repair: *repair, DiscardUnindexed: *discard, VerifyObjects: *verify})
 	if err != nil {
 		fmt.Fprintf(stderr, "strata-snapshotter fsck: %v\n", err)
 		return 1

@@ -241,7 +241,7 @@ Commands:
 	printFlags(w, fl, func(name string) bool { return true })
 	fmt.Fprint(w, `
 Config file keys without a flag (see config.toml.example):
-  sync_remove, sync_on_commit, mount_options, shutdown_timeout
+  sync_remove, sync_on_commit, share_files, mount_options, shutdown_timeout
 
 Run 'strata-snapshotter help COMMAND' for a command's options.
 `)

@@ -80,7 +80,7 @@ func serve(ctx context.Context, cfg Config) error {
 }
 
 func snapshotterOptions(cfg Config) []snapshotter.Opt {
-	opts := []snapshotter.Opt{snapshotter.WithCommitSync(cfg.SyncOnCommit)}
+	opts := []snapshotter.Opt{snapshotter.WithCommitSync(cfg.SyncOnCommit), snapshotter.WithShareFiles(cfg.ShareFiles)}
 	if cfg.SyncRemove {
 		opts = append(opts, snapshotter.WithSyncRemove)
 	}
