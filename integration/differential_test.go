@@ -70,8 +70,9 @@ const (
 )
 
 // TestDifferential: under one containerd, with sequential and with parallel
-// unpack, strata presents every test image, container root and committed
-// container exactly as containerd's overlayfs does.
+// unpack, and with share_files off and on, strata presents every test
+// image, container root and committed container exactly as containerd's
+// overlayfs does.
 func TestDifferential(t *testing.T) {
 	imgs, err := diffImages()
 	if err != nil {
@@ -80,7 +81,12 @@ func TestDifferential(t *testing.T) {
 	modes := []struct {
 		name string
 		opts EnvOptions
-	}{{"sequential", EnvOptions{}}, {"parallel", EnvOptions{ParallelUnpack: true}}}
+	}{
+		{"sequential", EnvOptions{}},
+		{"parallel", EnvOptions{ParallelUnpack: true}},
+		{"sequential-share_files", EnvOptions{StrataConfig: shareFilesConfig}},
+		{"parallel-share_files", EnvOptions{ParallelUnpack: true, StrataConfig: shareFilesConfig}},
+	}
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			e := newEnv(t, m.opts)
@@ -105,9 +111,26 @@ func TestDifferential(t *testing.T) {
 			for _, cm := range commits {
 				t.Run("commit-"+cm.name, func(t *testing.T) { diffCommit(t, e, c, cm.name, imageRef(t, imgs, cm.image), cm.script) })
 			}
+			if m.opts.StrataConfig == shareFilesConfig {
+				checkFilesShared(t, e)
+			}
 		})
 	}
 }
+
+// checkFilesShared requires that the images' large files were shared: the
+// store holds objects, and layers hold stubs of them.
+func checkFilesShared(t *testing.T, e *Env) {
+	t.Helper()
+	objs, err := filepath.Glob(filepath.Join(e.StrataRoot, "objects", "sha256", "*", "*"))
+	if err != nil || len(objs) < 5 {
+		t.Fatalf("share_files: %d objects in the store (%v); the test images' large files were not shared", len(objs), err)
+	}
+	t.Logf("share_files: %d objects in the store", len(objs))
+}
+
+// shareFilesConfig is strata's config with share_files on.
+const shareFilesConfig = "share_files = true\n"
 
 func imageRef(t *testing.T, imgs []diffImage, name string) string {
 	t.Helper()
@@ -546,7 +569,8 @@ func (c *cdClient) chainIDs(t *testing.T, ref string) []string {
 // chmod-ed and chown-ed, deleted, renamed, truncated and hard-linked; a lower
 // directory deleted, renamed (overlayfs without redirect_dir refuses, and mv
 // copies), and replaced by a file; a lower file replaced by a directory; a
-// new sparse file.
+// new sparse file; large (shared) lower files appended to, chmod-ed,
+// chown-ed and renamed.
 // busybox has no setfattr, so no xattr is set; the copied-up lower files
 // carry theirs. Last it pins the mtimes of what it changed (pinnedMtimes);
 // every other mtime in the commit is the wall clock's.
@@ -578,6 +602,10 @@ mv /s/recreated /s/renamed
 mv /s/real /s/moved-dir
 truncate -s 1048576 /t/zeros
 truncate -s 8388608 /new-sparse
+echo appended >> /t/big-hl-a
+chmod 0700 /t/big-setuid
+chown 1:2 /t/big-ids
+mv /t/big-xattrs /t/big-renamed
 rm -r /s/file-to-dir
 echo file again > /s/file-to-dir
 cd / && touch -d '2002-03-04 05:06:07' ` + strings.Join(pinnedMtimes, " ") + "\n"
@@ -588,6 +616,7 @@ var pinnedMtimes = []string{
 	"new-file", "new-link", "new-dir/sub/f", "new-dir/sub", "new-dir", "t/xattrs", "t/hl-a", "t/user",
 	"t/empty", "t/opq", "t/old", "t/setuid", "setuid-link", "new-chr", "new-blk", "new-fifo",
 	"s/renamed", "s/moved-dir", "s/moved-dir/inner", "t/zeros", "new-sparse", "s/file-to-dir", "s", "t",
+	"t/big-hl-a", "t/big-setuid", "t/big-ids", "t/big-renamed",
 }
 
 // diffCommit runs script (or, if empty, nothing: the container is created,

@@ -144,11 +144,14 @@ func capNetBindService() string {
 // archive, and a 3000-byte one), device nodes and a fifo, special mode bits,
 // ids, a large file of zeros, a 255-byte name, odd names, an 800-byte path,
 // symlinks, mtimes, an opaque directory, whiteouts of paths that do not
-// exist, and a path deleted and recreated.
+// exist, and a path deleted and recreated. Files over share_files' threshold
+// carry the attributes a stub must keep: special bits, ids, xattrs, a
+// hard-link group.
 func trickyEntries(dir string) []entry {
 	old := time.Date(1985, 10, 26, 1, 21, 0, 0, time.UTC)
 	zeros := strings.Repeat("\x00", 4<<20) + "end\n"
 	hl := fileE(dir+"/hl-a", "linked\n", 0o640).owner(1000, 1000)
+	bigHL := fileE(dir+"/big-hl-a", bigBody("hard-linked"), 0o640).owner(1000, 1000)
 	return slices.Concat([]entry{
 		dirE(dir, 0o755),
 		fileE(dir+"/plain", "plain\n", 0o644),
@@ -188,7 +191,20 @@ func trickyEntries(dir string) []entry {
 		whiteoutE(dir + "/recreated"),
 		fileE(dir+"/recreated", "recreated\n", 0o644),
 		fileE(dir+"/big-xattr", "big\n", 0o644).xattr("user.big", strings.Repeat("x", 3000)),
+		fileE(dir+"/big-setuid", bigBody("setuid"), 0o4755),
+		fileE(dir+"/big-ids", bigBody("ids"), 0o600).owner(4000000000, 4000000001).mtime(old),
+		fileE(dir+"/big-xattrs", bigBody("xattrs"), 0o755).
+			xattr("user.comment", "hello").xattr("security.capability", capNetBindService()),
+		bigHL,
+		linkE(dir+"/sub/big-hl-b", bigHL),
+		fileE(dir+"/big-copy", bigBody("setuid"), 0o644),
 	}, oddNameEntries(dir+"/names"), deepEntries(dir+"/deep", 20))
+}
+
+// bigBody is a file body of 20 KiB, over share_files' threshold, that
+// depends on tag alone: files of one tag share an object.
+func bigBody(tag string) string {
+	return strings.Repeat(tag+"\n", 20<<10/(len(tag)+1)+1)
 }
 
 // oddNameEntries are files whose names hold what shells, mount options and

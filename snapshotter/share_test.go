@@ -421,7 +421,6 @@ func TestSharedChainRefusesMapping(t *testing.T) {
 	}
 }
 
-
 // TestFsckObjects: fsck reports a stub whose object is missing, and with
 // VerifyObjects an object whose content is not its name's; an object no
 // layer stands on is garbage for start-up and fsck --repair alike, while
