@@ -28,9 +28,18 @@ func (e *Env) startBuildkit() string {
 
 // TestNerdctlBuild: nerdctl builds with BuildKit on strata, FROM an image in
 // the registry, with RUN and COPY steps; a rebuild comes from the cache; the
-// built image runs.
+// built image runs. With share_files off and on: a RUN step changes the
+// metadata of a shared file (overlayfs then copies up its metadata alone,
+// into the layer BuildKit commits) and copies it.
 func TestNerdctlBuild(t *testing.T) {
-	e := newEnv(t, EnvOptions{})
+	for _, config := range []string{"", shareFilesConfig} {
+		t.Run("share_files="+fmt.Sprint(config != ""), func(t *testing.T) {
+			nerdctlBuild(t, newEnv(t, EnvOptions{StrataConfig: config}))
+		})
+	}
+}
+
+func nerdctlBuild(t *testing.T, e *Env) {
 	host := e.startBuildkit()
 	ctx := filepath.Join(e.Dir, "context")
 	if err := os.MkdirAll(ctx, 0o755); err != nil {
@@ -39,9 +48,9 @@ func TestNerdctlBuild(t *testing.T) {
 	files := map[string]string{
 		"hello.txt": "hello from COPY\n",
 		"Dockerfile": fmt.Sprintf(`FROM %s
-RUN echo built by RUN > /built && rm /lower-file
+RUN echo built by RUN > /built && rm /lower-file && chmod 0700 /bin/busybox && cp /bin/busybox /busybox-copy
 COPY hello.txt /hello.txt
-CMD ["/bin/sh", "-c", "cat /built /hello.txt /l3; test -e /lower-file && echo present || echo gone"]
+CMD ["/bin/sh", "-c", "cat /built /hello.txt /l3; test -e /lower-file && echo present || echo gone; busybox cmp /bin/busybox /busybox-copy && busybox stat -c %%a /bin/busybox"]
 `, imgThreeLayers),
 	}
 	for name, body := range files {
@@ -73,7 +82,7 @@ CMD ["/bin/sh", "-c", "cat /built /hello.txt /l3; test -e /lower-file && echo pr
 		}
 	}
 	got := e.nerdctl("run", "--rm", "--net", "none", image)
-	if want := "built by RUN\nhello from COPY\nlayer 3\ngone\n"; got != want {
+	if want := "built by RUN\nhello from COPY\nlayer 3\ngone\n700\n"; got != want {
 		t.Fatalf("built image printed %q, want %q", got, want)
 	}
 }

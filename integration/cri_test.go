@@ -11,7 +11,8 @@ import (
 // its snapshotter, the way the kubelet does, with crictl: pull, list, run a
 // host-network pod and a container in it, read its logs, exec into it, stop
 // and remove both. The container's root is an overlay whose lower
-// directories are under strata's root.
+// directories are under strata's root. (share_files cannot serve CRI:
+// containerd-config refuses the combination, see TestContainerdConfigShareFiles.)
 func TestKubernetesCRI(t *testing.T) {
 	e := newEnv(t, EnvOptions{CRI: true})
 	e.crictl("pull", pauseImage)

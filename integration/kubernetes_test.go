@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -508,7 +509,9 @@ func rootOverlay(t *testing.T, cid string) (lower []string, upper string) {
 	}
 	for _, o := range strings.Split(mounts[0].VFSOptions, ",") {
 		if v, ok := strings.CutPrefix(o, "lowerdir="); ok {
-			lower = strings.Split(v, ":")
+			// Layers, then after "::" strata's object store
+			// (share_files), a data-only layer.
+			lower = slices.DeleteFunc(strings.Split(v, ":"), func(s string) bool { return s == "" })
 		}
 		if v, ok := strings.CutPrefix(o, "upperdir="); ok {
 			upper = v

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,8 +12,16 @@ import (
 // run a 3-layer image and see every layer; write a file and delete one of a
 // lower layer (hidden in the container, untouched in the layer); commit the
 // container to an image with one more layer; push, remove, pull back, run.
+// With share_files off and on.
 func TestNerdctlLayerWorkflow(t *testing.T) {
-	e := newEnv(t, EnvOptions{})
+	for _, config := range []string{"", shareFilesConfig} {
+		t.Run("share_files="+fmt.Sprint(config != ""), func(t *testing.T) {
+			nerdctlLayerWorkflow(t, newEnv(t, EnvOptions{StrataConfig: config}))
+		})
+	}
+}
+
+func nerdctlLayerWorkflow(t *testing.T, e *Env) {
 	e.nerdctl("pull", "--insecure-registry", imgThreeLayers)
 	e.nerdctl("run", "-d", "--name", "c2", "--net", "none", imgThreeLayers, "sleep", "3600")
 

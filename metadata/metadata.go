@@ -18,8 +18,8 @@
 //	  refs/<n><ref><id> length (big-endian uint32) + value of a committed
 //	                    snapshot's containerd.io/snapshot.ref label + its id
 //	                    -> key: finds a layer without reading every record
-//	  objects/<dir>/    a layer scanned for files to share through the object
-//	                    store (share_files): its large files are stubs
+//	  objects/<dir>/    a layer whose large files are stubs of objects of the
+//	                    store (share_files)
 //	    <digest>        an object a stub in the layer stands for -> its size
 //	                    (big-endian uint64); recorded before the stub is made
 //

@@ -234,7 +234,7 @@ func TestMigrateSchema3(t *testing.T) {
 		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 3))
 	})
 	openMigrated(t, path, func(tx *Tx) {
-		if tx.Scanned("DA") || len(tx.Objects()) != 0 {
+		if tx.HasObjects("DA") || len(tx.Objects()) != 0 {
 			t.Errorf("migrated index shares files: %v", tx.Objects())
 		}
 	})

@@ -10,17 +10,16 @@ import (
 
 // The objects a layer's stubs stand for (share_files), recorded by the
 // layer's directory name, like the directory itself: snapshots that share a
-// directory share its stubs. A directory is marked, and the objects of its
-// stubs recorded, before the stubs are made, so that an object is never
-// unreferenced while a stub in a recorded directory may name it; both are
-// forgotten with the directory's last snapshot.
+// directory share its stubs. They are recorded before the stubs are made,
+// so that an object is never unreferenced while a stub in a recorded
+// directory may name it, and forgotten with the directory's last snapshot.
 
-// ShareFiles marks dir as scanned and records objs (digest -> size) as the
-// objects its stubs stand for, beside those already recorded.
+// ShareFiles records objs (digest -> size) as the objects the stubs of
+// layer directory dir stand for, beside those already recorded.
 func (t *Tx) ShareFiles(dir string, objs map[digest.Digest]int64) error {
 	b, err := t.objects.CreateBucketIfNotExists([]byte(dir))
 	if err != nil {
-		return fmt.Errorf("mark %s as sharing files: %w", dir, err)
+		return fmt.Errorf("record objects of %s: %w", dir, err)
 	}
 	for d, size := range objs {
 		if err := d.Validate(); err != nil {
@@ -31,13 +30,6 @@ func (t *Tx) ShareFiles(dir string, objs map[digest.Digest]int64) error {
 		}
 	}
 	return nil
-}
-
-// Scanned reports whether dir was read for the kernel's xattrs and for
-// files to share, when it was committed under share_files or into a chain
-// that shares files.
-func (t *Tx) Scanned(dir string) bool {
-	return t.objects.Bucket([]byte(dir)) != nil
 }
 
 // HasObjects reports whether stubs in dir stand for objects: whether a
@@ -82,8 +74,8 @@ func (t *Tx) Objects() map[digest.Digest]ObjectRefs {
 	return objs
 }
 
-// ScannedDirs returns the directory names marked as scanned.
-func (t *Tx) ScannedDirs() []string {
+// ObjectDirs returns the directory names the index records objects for.
+func (t *Tx) ObjectDirs() []string {
 	var dirs []string
 	_ = t.objects.ForEachBucket(func(dir []byte) error {
 		dirs = append(dirs, string(dir))
@@ -92,7 +84,7 @@ func (t *Tx) ScannedDirs() []string {
 	return dirs
 }
 
-// forgetObjects drops dir's mark and objects, once no snapshot has dir.
+// forgetObjects drops dir's objects, once no snapshot has dir.
 func (t *Tx) forgetObjects(dir string) error {
 	if t.objects.Bucket([]byte(dir)) == nil {
 		return nil

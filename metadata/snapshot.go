@@ -758,7 +758,7 @@ func (t *Tx) Check() []string {
 			return nil
 		})
 	}
-	for _, dir := range t.ScannedDirs() {
+	for _, dir := range t.ObjectDirs() {
 		if !t.DirInUse(dir) {
 			add("objects are recorded for directory %q, which no snapshot has", dir)
 		}

@@ -50,8 +50,8 @@ type Request struct {
 	EmptyLower string
 	// DataDir, when set, is the object store (share_files): a data-only
 	// lower layer below Parents, from which the kernel reads the content
-	// of the stubs in them. Every mount of such a chain is an overlay, a
-	// view of one layer included.
+	// of the stubs in the last of them. Every mount of such a chain is an
+	// overlay, a view of one layer included.
 	DataDir string
 }
 
@@ -79,13 +79,7 @@ func For(r Request) []mount.Mount {
 	}
 	options = append(options, "lowerdir="+lowerdir)
 	options = append(options, r.Options...)
-	if r.DataDir != "" {
-		// Stubs in a lower layer other than the last are followed only
-		// with metacopy. It also turns on redirect_dir, and makes a
-		// container's change of a lower file's metadata copy up the
-		// metadata alone (its data stays below, in its stub's object).
-		options = append(options, "metacopy=on")
-	}
+
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
 }
 

@@ -100,7 +100,7 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 			return err
 		}
 		objs = map[string]map[digest.Digest]int64{}
-		for _, dir := range tx.ScannedDirs() {
+		for _, dir := range tx.ObjectDirs() {
 			objs[dir] = tx.DirObjects(dir)
 		}
 		return tx.Walk(func(s metadata.Snapshot) error {

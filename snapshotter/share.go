@@ -17,20 +17,28 @@ import (
 )
 
 // Sharing files across layers (share_files; docs/design/share-files.md).
-// When a layer is committed, each of its regular files of at least
-// minSharedSize bytes becomes an object of the store under objects/ (its
-// inode is hard-linked there, or dropped when the store already has that
-// content) and a metadata-only stub in the layer, which keeps every
-// attribute a container sees. Every mount of a chain holding stubs has the
-// store below its layers as an overlayfs data-only lower layer, from which
-// the kernel reads their content: each distinct content is stored once and
-// cached once, whatever layers it is in.
+// When an image's bottom layer is committed, each of its regular files of
+// at least minSharedSize bytes becomes an object of the store under
+// objects/ (its inode is hard-linked there, or dropped when the store
+// already has that content) and a metadata-only stub in the layer, which
+// keeps every attribute a container sees. Every mount of a chain on such a
+// layer has the store below its layers as an overlayfs data-only lower
+// layer, from which the kernel reads the stubs' content: each distinct
+// content is stored once and cached once, whatever images it is in.
 //
-// The kernel follows the xattrs of a stub in any lower layer of such a
-// mount, so the layers of a chain that has the store below are all scanned
-// first, and any of the kernel's stub xattrs that strata did not write is
-// stripped (objects.Scan). The index records which layers are scanned and
-// the objects each layer's stubs stand for, before the stubs exist.
+// Only the bottom layer, because only there does the kernel follow a stub
+// without the metacopy mount option: in any other lower layer it needs
+// metacopy=on, which BuildKit's forced redirect_dir=off makes the kernel
+// refuse. The bottom layer is also the only one containerd's applier writes
+// through a bind mount, with an image's trusted.overlay xattrs as they are:
+// the stub xattrs it may carry are stripped before the commit records any
+// object, so no mount ever has the store below a forged stub. (Through an
+// overlay mount overlayfs escapes them, and without metacopy=on it refuses
+// to follow a stub in any layer but the last.)
+//
+// The index records a layer's objects in the commit's transaction; the
+// stubs are made after it, each after its object is stored, so that every
+// name reads its content at every step.
 
 // minSharedSize is the smallest file moved to the store. A stub costs an
 // inode in the layer and a lookup in the store when a container first opens
@@ -45,12 +53,10 @@ const minSharedSize = 16 << 10
 func WithShareFiles(on bool) Opt { return func(c *config) { c.shareFiles = on } }
 
 // dataDir is the object store when a chain of the lower directories lowers
-// holds stubs, and "" when its mounts need no store.
+// stands on a layer with stubs, and "" when its mounts need no store.
 func (s *snapshotter) dataDir(tx *metadata.Tx, lowers []string) string {
-	for _, dir := range lowers {
-		if tx.HasObjects(dir) {
-			return s.store.Root()
-		}
+	if len(lowers) > 0 && tx.HasObjects(lowers[len(lowers)-1]) {
+		return s.store.Root()
 	}
 	return ""
 }
@@ -65,81 +71,23 @@ func commitParent(rec metadata.Snapshot, base string) string {
 }
 
 // planShare runs before the commit of the active snapshot rec onto parent.
-// Under share_files, or when the chain below already holds stubs, it scans
-// the chain's layers not yet scanned and, unless it is staged, rec's own
-// directory: forged stub xattrs are stripped before any mount can have the
-// store below them. Under share_files it returns the plan converting rec's
-// large files, which the commit records and applySharing carries out; nil
-// when there is nothing to record.
+// Under share_files, for an image's bottom layer (no parent, and written
+// through a bind mount: not staged), it strips forged stub xattrs and plans
+// the conversion of the layer's large files, which the commit records and
+// applySharing carries out; otherwise it returns nil.
 func (s *snapshotter) planShare(ctx context.Context, rec metadata.Snapshot, parent string) (*objects.Plan, error) {
-	var (
-		unscanned []metadata.Snapshot
-		chainHas  bool
-		ownHas    bool
-	)
-	err := s.db.View(func(tx *metadata.Tx) error {
-		chain, err := parentChain(tx, parent)
-		if err != nil {
-			return err
-		}
-		for _, p := range chain {
-			chainHas = chainHas || tx.HasObjects(p.DirName)
-			if !tx.Scanned(p.DirName) {
-				unscanned = append(unscanned, p)
-			}
-		}
-		ownHas = tx.HasObjects(rec.DirName)
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	convert := s.shareFiles && !rec.Staged
-	if !convert && !chainHas && !ownHas {
+	if !s.shareFiles || parent != "" || rec.Staged {
 		return nil, nil
-	}
-	for _, p := range unscanned {
-		if err := s.scanCommitted(ctx, p); err != nil {
-			return nil, err
-		}
-	}
-	if rec.Staged {
-		return nil, nil
-	}
-	minSize := int64(0)
-	if convert {
-		minSize = s.minShared
 	}
 	path := s.layout.layer(rec.DirName)
-	plan, err := objects.Scan(path, minSize, boundWritten(parent))
+	plan, err := objects.Scan(path, s.minShared, true)
 	if err != nil {
 		return nil, fmt.Errorf("scan layer %s: %w", path, err)
 	}
-	logStripped(ctx, path, plan)
-	return plan, nil
-}
-
-// scanCommitted scans the committed layer p, written before share_files was
-// on, and records it as scanned.
-func (s *snapshotter) scanCommitted(ctx context.Context, p metadata.Snapshot) error {
-	path := s.layout.layer(p.DirName)
-	plan, err := objects.Scan(path, 0, boundWritten(p.Parent))
-	if err != nil {
-		return fmt.Errorf("scan layer %s: %w", path, err)
-	}
-	logStripped(ctx, path, plan)
-	return s.db.Write(func(tx *metadata.Tx) error {
-		if !tx.DirInUse(p.DirName) {
-			return fmt.Errorf("layer %q was removed while it was scanned: %w", p.Key, errdefs.ErrNotFound)
-		}
-		return tx.ShareFiles(p.DirName, nil)
-	})
-}
-
-func logStripped(ctx context.Context, path string, plan *objects.Plan) {
 	if len(plan.Stripped) > 0 {
 		log.G(ctx).WithField("layer", path).WithField("files", plan.Stripped).Warn("stripped overlayfs's metacopy and redirect xattrs, which the image carried, from files of a layer: the kernel must follow only strata's")
 	}
+	return plan, nil
 }
 
 // applySharing replaces the files of the committed layer dir that plan
@@ -165,30 +113,6 @@ func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *object
 	logger.WithField("files", plan.Files()).Debug("shared files of a layer through the object store")
 }
 
-// boundWritten reports whether a layer committed onto parent was written
-// through a bind mount, where containerd's applier sets the kernel's xattrs
-// an image carries as they are: an image's first layer. Every other layer
-// is written through an overlay mount (its parents' or the empty
-// directory's), which escapes them.
-func boundWritten(parent string) bool { return parent == "" }
-
-// parentChain is parent and its parents, nearest first.
-func parentChain(tx *metadata.Tx, parent string) ([]metadata.Snapshot, error) {
-	var chain []metadata.Snapshot
-	for key := parent; key != ""; {
-		p, err := tx.Get(key)
-		if err != nil {
-			return nil, fmt.Errorf("commit parent chain: %w", err)
-		}
-		if len(chain) > mounts.MaxLowerDirs {
-			return nil, fmt.Errorf("commit parent chain of %q loops: %w", parent, errdefs.ErrDataLoss)
-		}
-		chain = append(chain, p)
-		key = p.Parent
-	}
-	return chain, nil
-}
-
 // refuseMappedSharing refuses an ID mapping on a chain whose mounts need the
 // object store: containerd's idmapped overlay mounts remount each lower
 // directory, and cannot tell the store's data-only separator from one.
@@ -200,9 +124,10 @@ func refuseMappedSharing(mapping *idMapping, data string) error {
 		"run this container without a user namespace, or pull its image with share_files off: %w", errdefs.ErrFailedPrecondition)
 }
 
-// probeSharing checks at start that the kernel reads a stub's content from
-// the object store below a mount with options: overlayfs with data-only
-// lower layers (Linux 6.5), and trusted xattrs on the root's filesystem.
+// probeSharing checks at start that the kernel reads the content of a stub
+// in the bottom layer from the object store below a mount with options:
+// overlayfs with data-only lower layers (Linux 6.5), and trusted xattrs on
+// the root's filesystem.
 func probeSharing(l layout, options []string) error {
 	td, err := l.probeDir()
 	if err != nil {
@@ -230,7 +155,7 @@ func probeSharing(l layout, options []string) error {
 	if err := objects.Stub(d, td, file); err != nil {
 		return fmt.Errorf("make a stub (the filesystem needs trusted xattrs): %w", err)
 	}
-	m := mounts.For(mounts.Request{Dir: td, Parents: []string{layer, below}, DataDir: store.Root(), Options: options})[0]
+	m := mounts.For(mounts.Request{Dir: td, Parents: []string{below, layer}, DataDir: store.Root(), Options: options})[0]
 	if err := m.Mount(merged); err != nil {
 		return fmt.Errorf("overlay mount with the object store as data-only lower layer failed (overlayfs has them since Linux 6.5): %w", err)
 	}

@@ -516,19 +516,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return err
 	}
-	// After the usage, which counts the layer as containerd's overlayfs
-	// would store it.
-	planShare := func() (*objects.Plan, error) {
-		plan, err := s.planShare(ctx, rec, commitParent(rec, base.Parent))
-		if err != nil {
-			return nil, exhaustedOnFullDisk(fmt.Errorf("share files of %q: %w", key, err))
-		}
-		return plan, nil
-	}
 	if rec.Staged {
-		if _, err := planShare(); err != nil {
-			return err
-		}
 		return exhaustedOnFullDisk(s.db.Write(func(tx *metadata.Tx) error {
 			usage, err := s.stagedUsage(ctx, tx, rec, base.Parent)
 			if err != nil {
@@ -543,9 +531,11 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	if err != nil {
 		return exhaustedOnFullDisk(fmt.Errorf("measure usage of %q: %w", key, err))
 	}
-	plan, err := planShare()
+	// After the usage, which counts the layer as containerd's overlayfs
+	// would store it.
+	plan, err := s.planShare(ctx, rec, commitParent(rec, base.Parent))
 	if err != nil {
-		return err
+		return exhaustedOnFullDisk(fmt.Errorf("share files of %q: %w", key, err))
 	}
 	if s.flusher != nil {
 		// The layer's files reach the disk before the commit is

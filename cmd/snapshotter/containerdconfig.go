@@ -92,6 +92,11 @@ type patched struct {
 }
 
 func (o *containerdConfigOptions) patch(cfg Config, stderr io.Writer) (patched, error) {
+	if cfg.ShareFiles && (o.cri || o.handler != "") {
+		return patched{}, fmt.Errorf("share_files is on in strata's config, and containerd's CRI plugin cannot run containers on shared files: " +
+			"it reads a container's root filesystem itself to find users and groups, and cannot read an overlay whose object store is a data-only layer (containerd 2.3 and later); " +
+			"turn share_files off for a node that serves Kubernetes")
+	}
 	in, mode, err := readContainerdConfig(o.file.value, o.create)
 	if err != nil {
 		return patched{}, err

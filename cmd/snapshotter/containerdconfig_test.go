@@ -42,6 +42,32 @@ func TestContainerdConfigWrite(t *testing.T) {
 	}
 }
 
+// TestContainerdConfigShareFiles: with share_files on in strata's config,
+// registering strata for containerd's CRI plugin (--cri, --runtime-handler)
+// is refused, saying why, and the file is left alone; registering it for
+// ctr, nerdctl and BuildKit is not.
+func TestContainerdConfigShareFiles(t *testing.T) {
+	dir := t.TempDir()
+	strataConfig := filepath.Join(dir, "strata.toml")
+	if err := os.WriteFile(strataConfig, []byte("share_files = true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "config.toml")
+	for _, args := range [][]string{{"--cri"}, {"--runtime-handler", "strata"}} {
+		var stderr strings.Builder
+		full := append([]string{"containerd-config", "--config", strataConfig, "--create", "--file", file, "--write"}, args...)
+		if code := run(full, io.Discard, &stderr); code != 1 || !strings.Contains(stderr.String(), "share_files is on") || !strings.Contains(stderr.String(), "CRI") {
+			t.Fatalf("%v with share_files: exit %d, %q", args, code, stderr.String())
+		}
+		if _, err := os.Stat(file); !os.IsNotExist(err) {
+			t.Fatalf("%v with share_files wrote %s (%v)", args, file, err)
+		}
+	}
+	if code := run([]string{"containerd-config", "--config", strataConfig, "--create", "--file", file, "--write"}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("registering strata without CRI, with share_files: exit %d", code)
+	}
+}
+
 // --restart without a containerd listening writes the file and leaves it at
 // that; a second run restarts nothing (it is what a DaemonSet's init step
 // does on every strata upgrade). The restart itself is exercised against a
