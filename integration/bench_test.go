@@ -149,8 +149,10 @@ func fmtDur(d time.Duration) string {
 
 // publish prints a table (go test truncates a benchmark's log) and appends
 // it to STRATA_BENCH_OUT.
-func publish(b *testing.B, t *benchTable) {
-	md := t.markdown()
+func publish(b *testing.B, t *benchTable) { publishMarkdown(b, t.markdown()) }
+
+// publishMarkdown prints md and appends it to STRATA_BENCH_OUT.
+func publishMarkdown(b *testing.B, md string) {
 	fmt.Println(md)
 	if out := os.Getenv("STRATA_BENCH_OUT"); out != "" {
 		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
@@ -444,7 +446,7 @@ func BenchmarkSnapshotsAPI(b *testing.B) {
 
 // rotate returns sides starting at the r-th, so that each takes every
 // place in the order across rounds.
-func rotate(sides []*apiSide, r int) []*apiSide {
+func rotate[T any](sides []T, r int) []T {
 	r %= len(sides)
 	return append(slices.Clone(sides[r:]), sides[:r]...)
 }

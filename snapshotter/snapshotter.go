@@ -169,6 +169,7 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		if err := probeSharing(l, options); err != nil {
 			return nil, fmt.Errorf("share_files: this kernel or the filesystem under %s cannot share files across layers (turn share_files off): %w: %w", root, err, errdefs.ErrFailedPrecondition)
 		}
+		log.G(ctx).Warn("share_files is experimental: containerd 2.3 and later (its CRI plugin, ctr run) cannot create a container on an image whose bottom layer shares files; nerdctl 2.x and BuildKit can (README: Sharing files across images)")
 	}
 	store, err := objects.New(l.objectsRoot())
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/continuity/sysx"
 	"github.com/containerd/errdefs"
 
 	"github.com/strata-snapshotter/strata/admin"
@@ -33,6 +34,8 @@ type crashModel struct {
 	seq       int
 	ops       int // acknowledged operations
 	staged    int // acknowledged commits of a held layer again
+	// large makes the files written big enough to be shared (share_files).
+	large bool
 }
 
 func (m *crashModel) name(prefix string) string {
@@ -96,7 +99,11 @@ func crashClient(t *testing.T, sn snapshots.Snapshotter, m *crashModel, rng *ran
 			name := m.name("layer")
 			files := map[string]string{}
 			for j := range 1 + rng.IntN(3) {
-				files[fmt.Sprintf("%s-%d", name, j)] = strings.Repeat(name, 1+rng.IntN(200))
+				n := 1 + rng.IntN(200)
+				if m.large {
+					n = 2000 + rng.IntN(4000) // 16 KiB and more: shared
+				}
+				files[fmt.Sprintf("%s-%d", name, j)] = strings.Repeat(name, n)
 			}
 			target := filepath.Join(work, "mnt")
 			if err := mount.All(ms, target); err != nil {
@@ -210,6 +217,19 @@ func stageAgain(t *testing.T, sn snapshots.Snapshotter, m *crashModel, layer str
 	return err == nil || errdefs.IsNotFound(err) || errdefs.IsFailedPrecondition(err)
 }
 
+// readLayerFile reads the file at p of a layer directory: its content, or
+// for a stub (share_files) its object's under root.
+func readLayerFile(root, p string) ([]byte, error) {
+	redirect, err := sysx.LGetxattr(p, "trusted.overlay.redirect")
+	if err != nil {
+		return os.ReadFile(p)
+	}
+	if _, err := sysx.LGetxattr(p, "trusted.overlay.metacopy"); err != nil {
+		return nil, fmt.Errorf("%s has a redirect but no metacopy: %w", p, err)
+	}
+	return os.ReadFile(filepath.Join(root, "objects", string(redirect)))
+}
+
 func keys(m map[string]map[string]string) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
@@ -229,7 +249,8 @@ func without(list []string, s string) []string {
 }
 
 // verify checks every acknowledged commit is there with byte-identical
-// files in its own layer, and every acknowledged removal stayed removed.
+// files in its own layer (a shared file's content read from the object its
+// stub names), and every acknowledged removal stayed removed.
 func verify(t *testing.T, d *daemon, m *crashModel) int {
 	t.Helper()
 	ctx := context.Background()
@@ -250,7 +271,7 @@ func verify(t *testing.T, d *daemon, m *crashModel) int {
 			t.Fatalf("acknowledged commit %s lost", name)
 		}
 		for p, want := range files {
-			got, err := os.ReadFile(filepath.Join(s.GraphDriver.Data.UpperDir, p))
+			got, err := readLayerFile(d.root, filepath.Join(s.GraphDriver.Data.UpperDir, p))
 			if err != nil || string(got) != want {
 				t.Fatalf("acknowledged commit %s: file %s is %d bytes (%v), want %d bytes", name, p, len(got), err, len(want))
 			}
@@ -272,12 +293,19 @@ func verify(t *testing.T, d *daemon, m *crashModel) int {
 // of a held layer (two snapshots sharing one directory). After every restart
 // each acknowledged commit is there with byte-identical files and each
 // acknowledged removal stayed removed; at the end, after Cleanup, fsck finds
-// the store clean.
+// the store clean. Then again with share_files and files large enough to be
+// shared, so that kills also fall in conversions: fsck also checks every
+// stub and object's content.
 func TestCrashConsistency(t *testing.T) {
 	testutil.RequiresRoot(t)
 	if testing.Short() {
 		t.Skip("slow: skipped by -short (make unit)")
 	}
+	t.Run("defaults", func(t *testing.T) { crashConsistency(t, false) })
+	t.Run("share_files", func(t *testing.T) { crashConsistency(t, true) })
+}
+
+func crashConsistency(t *testing.T, share bool) {
 	const kills = 100
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -287,10 +315,18 @@ func TestCrashConsistency(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(work, "mnt"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	m := &crashModel{committed: map[string]map[string]string{}, removed: map[string]bool{}}
+	m := &crashModel{committed: map[string]map[string]string{}, removed: map[string]bool{}, large: share}
+	var args []string
+	if share {
+		config := filepath.Join(work, "strata.toml")
+		if err := os.WriteFile(config, []byte("share_files = true\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		args = []string{"--config", config}
+	}
 	checks := 0
 	for k := 0; k < kills; k++ {
-		d := startDaemon(t, root)
+		d := startDaemon(t, root, args...)
 		checks += verify(t, d, m)
 		sn := d.snapshotter()
 		done := make(chan struct{})
@@ -310,13 +346,13 @@ func TestCrashConsistency(t *testing.T) {
 			t.FailNow()
 		}
 	}
-	d := startDaemon(t, root)
+	d := startDaemon(t, root, args...)
 	checks += verify(t, d, m)
 	if err := d.snapshotter().(snapshots.Cleaner).Cleanup(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	d.stop()
-	out, err := exec.Command(binary, "fsck", "--root", root).CombinedOutput()
+	out, err := exec.Command(binary, "fsck", "--root", root, "--verify-objects").CombinedOutput()
 	if err != nil {
 		t.Fatalf("fsck after %d kills: %v\n%s", kills, err, out)
 	}
@@ -324,5 +360,8 @@ func TestCrashConsistency(t *testing.T) {
 		kills, m.ops, m.staged, checks, strings.TrimSpace(string(out)))
 	if m.staged == 0 {
 		t.Fatal("no staged re-commit of a held layer was acknowledged: the shared-directory path went untested")
+	}
+	if objs, _ := filepath.Glob(filepath.Join(root, "objects", "sha256", "*", "*")); share && len(objs) == 0 {
+		t.Fatal("share_files: no object in the store: the conversion went untested")
 	}
 }
