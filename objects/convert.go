@@ -7,11 +7,13 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 
 	"github.com/containerd/continuity/sysx"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -85,18 +87,29 @@ func Scan(dir string, minSize int64, strip bool) (*Plan, error) {
 			p.groups[i].paths = append(p.groups[i].paths, path)
 			return p.noteDir(path)
 		}
-		d, err := Hash(path)
-		if err != nil {
-			return err
-		}
 		byInode[st.Ino] = len(p.groups)
-		p.groups = append(p.groups, group{paths: []string{path}, digest: d, size: st.Size})
+		p.groups = append(p.groups, group{paths: []string{path}, size: st.Size})
 		return p.noteDir(path)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return p, p.hash()
+}
+
+// hash computes each group's digest, on every CPU: hashing the layer just
+// unpacked, mostly still in the page cache, is what a conversion adds to
+// a pull.
+func (p *Plan) hash() error {
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for i := range p.groups {
+		g.Go(func() (err error) {
+			p.groups[i].digest, err = Hash(p.groups[i].paths[0])
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 // check deals with the kernel's stub xattrs on path: with strip it strips
