@@ -21,6 +21,25 @@ type Node struct {
 	Dir    string
 	Bytes  int64 // the layer's own apparent bytes
 	Inodes int64
+	// Objects are the shared files' contents its stubs stand for
+	// (share_files), by digest: part of Bytes, stored once in the object
+	// store whatever layers stand for them.
+	Objects map[string]Object
+}
+
+// Object is one content of the object store as a layer uses it.
+type Object struct {
+	Size  int64 // the content's bytes, stored once
+	Files int64 // the layer's files (inodes) that stand for it
+}
+
+// stubBytes are the bytes of n's files whose content is in the object store.
+func (n Node) stubBytes() int64 {
+	var b int64
+	for _, o := range n.Objects {
+		b += o.Size * o.Files
+	}
+	return b
 }
 
 // stored names where n's layer is stored.
@@ -42,6 +61,10 @@ type Leaf struct {
 	UniqueBytes int64 `json:"unique_bytes"`
 	// SharedBytes are the layers of its chain other leaves stand on too.
 	SharedBytes int64 `json:"shared_bytes"`
+	// FileSharedBytes are the files of the layers only it stands on whose
+	// content other leaves' layers hold too (share_files): stored once,
+	// and not freed with it, so not in UniqueBytes.
+	FileSharedBytes int64 `json:"file_shared_bytes"`
 	// Layers is the chain's length, itself included.
 	Layers int `json:"layers"`
 }
@@ -54,9 +77,22 @@ type Report struct {
 	PhysicalBytes int64 `json:"physical_bytes"`
 	// SavedBytes is LogicalBytes - PhysicalBytes: what sharing saves.
 	SavedBytes int64 `json:"saved_bytes"`
+	// FileSavedBytes is the part of SavedBytes that sharing files saves:
+	// the layers' files standing for objects, less the objects.
+	FileSavedBytes int64 `json:"file_saved_bytes"`
 	// PhysicalInodes is every layer's inodes counted once.
 	PhysicalInodes int64  `json:"physical_inodes"`
 	Leaves         []Leaf `json:"leaves"`
+}
+
+// heldElsewhere reports whether a stored layer outside mine holds an object.
+func heldElsewhere(holders, mine map[string]bool) bool {
+	for h := range holders {
+		if !mine[h] {
+			return true
+		}
+	}
+	return false
 }
 
 // Compute accounts for a forest of snapshots. Every parent must be among
@@ -77,16 +113,27 @@ func Compute(nodes []Node) (Report, error) {
 		hasChild[n.Parent] = true
 	}
 
-	// Each leaf's chain, and how many leaves stand on each stored layer.
+	// Each leaf's chain, how many leaves stand on each stored layer, and
+	// which stored layers stand for each object.
 	chains := map[string][]string{}
 	users := map[string]int{}
 	counted := map[string]bool{}
+	objects := map[string]int64{}           // digest -> size
+	holders := map[string]map[string]bool{} // digest -> stored layers
 	var r Report
 	for _, n := range nodes {
 		if !counted[n.stored()] {
 			counted[n.stored()] = true
-			r.PhysicalBytes += n.Bytes
+			r.PhysicalBytes += n.Bytes - n.stubBytes()
 			r.PhysicalInodes += n.Inodes
+			r.FileSavedBytes += n.stubBytes()
+			for d, o := range n.Objects {
+				objects[d] = o.Size
+				if holders[d] == nil {
+					holders[d] = map[string]bool{}
+				}
+				holders[d][n.stored()] = true
+			}
 		}
 		if hasChild[n.Key] {
 			continue
@@ -101,17 +148,33 @@ func Compute(nodes []Node) (Report, error) {
 		}
 		chains[n.Key] = chain
 	}
+	for _, size := range objects {
+		r.PhysicalBytes += size
+		r.FileSavedBytes -= size
+	}
 	for key, chain := range chains {
 		l := Leaf{Key: key, Kind: byKey[key].Kind, Layers: len(chain)}
+		unique := map[string]bool{}
 		for _, k := range chain {
-			b := byKey[k].Bytes
-			l.TotalBytes += b
 			if users[byKey[k].stored()] == 1 {
-				l.UniqueBytes += b
-			} else {
-				l.SharedBytes += b
+				unique[byKey[k].stored()] = true
 			}
 		}
+		for _, k := range chain {
+			n := byKey[k]
+			l.TotalBytes += n.Bytes
+			if !unique[n.stored()] {
+				l.SharedBytes += n.Bytes
+				continue
+			}
+			l.UniqueBytes += n.Bytes
+			for d, o := range n.Objects {
+				if heldElsewhere(holders[d], unique) {
+					l.FileSharedBytes += o.Size * o.Files
+				}
+			}
+		}
+		l.UniqueBytes -= l.FileSharedBytes
 		r.LogicalBytes += l.TotalBytes
 		r.Leaves = append(r.Leaves, l)
 	}

@@ -123,3 +123,30 @@ func TestOneDirectoryTwoSnapshots(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedFiles: two images on bases that share one file's content (A)
+// and each hold one of their own (B, C), and a third whose two files are
+// one content (D). A's content is stored once: the store saves its second
+// copy, each base's leaf counts it as shared through files rather than
+// unique, and a content held twice in one leaf's own layers stays unique.
+func TestSharedFiles(t *testing.T) {
+	r := compute(t, []Node{
+		{Key: "v1", Kind: "committed", Bytes: 1000, Objects: map[string]Object{"A": {400, 1}, "B": {300, 1}}},
+		{Key: "v2", Kind: "committed", Bytes: 1000, Objects: map[string]Object{"A": {400, 1}, "C": {300, 1}}},
+		{Key: "v3", Kind: "committed", Bytes: 500, Objects: map[string]Object{"D": {200, 2}}},
+	})
+	// Physical: what is not in objects (300 + 300 + 100) and A, B, C, D
+	// once (400 + 300 + 300 + 200).
+	if r.LogicalBytes != 2500 || r.PhysicalBytes != 1900 || r.SavedBytes != 600 || r.FileSavedBytes != 600 {
+		t.Errorf("logical %d physical %d saved %d by files %d, want 2500 1900 600 600", r.LogicalBytes, r.PhysicalBytes, r.SavedBytes, r.FileSavedBytes)
+	}
+	for key, want := range map[string]Leaf{
+		"v1": {Key: "v1", Kind: "committed", TotalBytes: 1000, UniqueBytes: 600, FileSharedBytes: 400, Layers: 1},
+		"v2": {Key: "v2", Kind: "committed", TotalBytes: 1000, UniqueBytes: 600, FileSharedBytes: 400, Layers: 1},
+		"v3": {Key: "v3", Kind: "committed", TotalBytes: 500, UniqueBytes: 500, Layers: 1},
+	} {
+		if got := leaf(t, r, key); got != want {
+			t.Errorf("%s: %+v, want %+v", key, got, want)
+		}
+	}
+}

@@ -169,6 +169,12 @@ func Handler(src Source) http.Handler {
 		nodes := make([]accounting.Node, len(details))
 		for i, d := range details {
 			nodes[i] = accounting.Node{Key: d.Name, Parent: d.Parent, Kind: kind(d), Dir: d.Dir, Bytes: d.Usage.Bytes, Inodes: d.Usage.Inodes}
+			for dg, u := range d.Objects {
+				if nodes[i].Objects == nil {
+					nodes[i].Objects = map[string]accounting.Object{}
+				}
+				nodes[i].Objects[dg.String()] = accounting.Object{Size: u.Size, Files: u.Files}
+			}
 		}
 		// Unique and shared are the whole store's (a layer another
 		// namespace uses too is shared); a namespace selects the leaves.

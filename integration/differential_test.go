@@ -37,6 +37,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/strata-snapshotter/strata/admin"
 )
 
 // The differential tests: whatever containerd's built-in overlayfs
@@ -126,7 +128,14 @@ func checkFilesShared(t *testing.T, e *Env) {
 	if err != nil || len(objs) < 5 {
 		t.Fatalf("share_files: %d objects in the store (%v); the test images' large files were not shared", len(objs), err)
 	}
-	t.Logf("share_files: %d objects in the store", len(objs))
+	r, err := admin.NewClient(e.AdminSock).DiskUsage(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.FileSavedBytes <= 0 {
+		t.Fatalf("share_files: du says sharing files saves %d bytes, with images whose bottom layers hold the same large files", r.FileSavedBytes)
+	}
+	t.Logf("share_files: %d objects in the store; du: %d bytes saved by sharing files, physical %d", len(objs), r.FileSavedBytes, r.PhysicalBytes)
 }
 
 // shareFilesConfig is strata's config with share_files on.

@@ -20,8 +20,9 @@
 //	                    -> key: finds a layer without reading every record
 //	  objects/<dir>/    a layer whose large files are stubs of objects of the
 //	                    store (share_files)
-//	    <digest>        an object a stub in the layer stands for -> its size
-//	                    (big-endian uint64); recorded before the stub is made
+//	    <digest>        an object stubs in the layer stand for -> its size and
+//	                    the number of stubs (big-endian uint64s); recorded
+//	                    before the stubs are made
 //
 // A directory usually has one snapshot. A committed layer's directory may
 // have several: the same layer (same chain id) committed again through

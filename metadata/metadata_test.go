@@ -267,10 +267,10 @@ func TestObjectsFollowDirectories(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := tx.ShareFiles("DL", map[digest.Digest]int64{one: 10}); err != nil {
+		if err := tx.ShareFiles("DL", map[digest.Digest]ObjectUse{one: {Size: 10, Files: 1}}); err != nil {
 			return err
 		}
-		if err := tx.ShareFiles("DL", map[digest.Digest]int64{two: 20}); err != nil {
+		if err := tx.ShareFiles("DL", map[digest.Digest]ObjectUse{two: {Size: 20, Files: 2}}); err != nil {
 			return err
 		}
 		_, err = tx.CommitSnapshot("a", "layer", a.ID, Usage{Size: 1, Inodes: 1}, snapshots.Info{})

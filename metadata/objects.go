@@ -14,18 +14,25 @@ import (
 // so that an object is never unreferenced while a stub in a recorded
 // directory may name it, and forgotten with the directory's last snapshot.
 
-// ShareFiles records objs (digest -> size) as the objects the stubs of
-// layer directory dir stand for, beside those already recorded.
-func (t *Tx) ShareFiles(dir string, objs map[digest.Digest]int64) error {
+// ObjectUse is how a layer uses one object.
+type ObjectUse struct {
+	Size  int64 // the object's bytes
+	Files int64 // the layer's stubs (inodes) that stand for it
+}
+
+// ShareFiles records objs as the objects the stubs of layer directory dir
+// stand for, beside those already recorded.
+func (t *Tx) ShareFiles(dir string, objs map[digest.Digest]ObjectUse) error {
 	b, err := t.objects.CreateBucketIfNotExists([]byte(dir))
 	if err != nil {
 		return fmt.Errorf("record objects of %s: %w", dir, err)
 	}
-	for d, size := range objs {
+	for d, use := range objs {
 		if err := d.Validate(); err != nil {
 			return fmt.Errorf("object of %s: %w", dir, err)
 		}
-		if err := b.Put([]byte(d), binary.BigEndian.AppendUint64(nil, uint64(size))); err != nil {
+		v := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, uint64(use.Size)), uint64(use.Files))
+		if err := b.Put([]byte(d), v); err != nil {
 			return fmt.Errorf("record object %s of %s: %w", d, dir, err)
 		}
 	}
@@ -43,11 +50,11 @@ func (t *Tx) HasObjects(dir string) bool {
 	return k != nil
 }
 
-// DirObjects returns the objects dir references, with their sizes.
-func (t *Tx) DirObjects(dir string) map[digest.Digest]int64 {
-	objs := map[digest.Digest]int64{}
+// DirObjects returns the objects dir references.
+func (t *Tx) DirObjects(dir string) map[digest.Digest]ObjectUse {
+	objs := map[digest.Digest]ObjectUse{}
 	if b := t.objects.Bucket([]byte(dir)); b != nil {
-		readObjects(b, func(d digest.Digest, size int64) { objs[d] = size })
+		readObjects(b, func(d digest.Digest, use ObjectUse) { objs[d] = use })
 	}
 	return objs
 }
@@ -63,9 +70,9 @@ type ObjectRefs struct {
 func (t *Tx) Objects() map[digest.Digest]ObjectRefs {
 	objs := map[digest.Digest]ObjectRefs{}
 	_ = t.objects.ForEachBucket(func(dir []byte) error {
-		readObjects(t.objects.Bucket(dir), func(d digest.Digest, size int64) {
+		readObjects(t.objects.Bucket(dir), func(d digest.Digest, use ObjectUse) {
 			r := objs[d]
-			r.Size = size
+			r.Size = use.Size
 			r.Dirs = append(r.Dirs, string(dir))
 			objs[d] = r
 		})
@@ -95,10 +102,10 @@ func (t *Tx) forgetObjects(dir string) error {
 	return nil
 }
 
-func readObjects(b *bolt.Bucket, fn func(digest.Digest, int64)) {
+func readObjects(b *bolt.Bucket, fn func(digest.Digest, ObjectUse)) {
 	_ = b.ForEach(func(k, v []byte) error {
-		if d := digest.Digest(k); d.Validate() == nil && len(v) == 8 {
-			fn(d, int64(binary.BigEndian.Uint64(v)))
+		if d := digest.Digest(k); d.Validate() == nil && len(v) == 16 {
+			fn(d, ObjectUse{Size: int64(binary.BigEndian.Uint64(v)), Files: int64(binary.BigEndian.Uint64(v[8:]))})
 		}
 		return nil
 	})

@@ -35,12 +35,21 @@ type group struct {
 	size   int64
 }
 
-// Objects are the objects the plan's stubs stand for, with their sizes:
-// what the index records before Apply makes the stubs.
-func (p *Plan) Objects() map[digest.Digest]int64 {
-	objs := make(map[digest.Digest]int64, len(p.groups))
+// Use is how a converted layer uses one object.
+type Use struct {
+	Size  int64 // the object's bytes
+	Files int64 // the layer's stubs (inodes) that stand for it
+}
+
+// Objects are the objects the plan's stubs stand for: what the index
+// records before Apply makes the stubs.
+func (p *Plan) Objects() map[digest.Digest]Use {
+	objs := make(map[digest.Digest]Use, len(p.groups))
 	for _, g := range p.groups {
-		objs[g.digest] = g.size
+		u := objs[g.digest]
+		u.Size = g.size
+		u.Files++
+		objs[g.digest] = u
 	}
 	return objs
 }

@@ -92,14 +92,14 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 	var (
 		recs     []metadata.Snapshot
 		recorded owned
-		objs     map[string]map[digest.Digest]int64 // by directory
+		objs     map[string]map[digest.Digest]metadata.ObjectUse // by directory
 	)
 	err = db.View(func(tx *metadata.Tx) (err error) {
 		findings = append(findings, tx.Check()...)
 		if recorded, err = recordedOwners(tx); err != nil {
 			return err
 		}
-		objs = map[string]map[digest.Digest]int64{}
+		objs = map[string]map[digest.Digest]metadata.ObjectUse{}
 		for _, dir := range tx.ObjectDirs() {
 			objs[dir] = tx.DirObjects(dir)
 		}
@@ -135,7 +135,7 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 
 // checkStubs checks that every stub in a layer that holds them stands for
 // an object the index records for the layer, and that the object is there.
-func checkStubs(l layout, objs map[string]map[digest.Digest]int64) []string {
+func checkStubs(l layout, objs map[string]map[digest.Digest]metadata.ObjectUse) []string {
 	var findings []string
 	store, err := objects.New(l.objectsRoot())
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-snapshotter/strata/metadata"
 	"github.com/strata-snapshotter/strata/mounts"
@@ -31,6 +32,9 @@ type Detail struct {
 	// UIDMapping and GIDMapping are the user namespace a snapshot was
 	// made for (containerID:hostID:size ranges), empty when none.
 	UIDMapping, GIDMapping string
+	// Objects are the object store's contents its layer's stubs stand for
+	// (share_files), by digest: part of Usage.Bytes.
+	Objects map[digest.Digest]metadata.ObjectUse
 }
 
 // Details describes every snapshot. Committed layers are not walked; active
@@ -112,6 +116,9 @@ func (s *snapshotter) detail(tx *metadata.Tx, rec metadata.Snapshot) (Detail, er
 	}
 	if mapping != nil {
 		d.UIDMapping, d.GIDMapping = mapping.uids, mapping.gids
+	}
+	if objs := tx.DirObjects(rec.DirName); len(objs) > 0 && rec.Kind == snapshots.KindCommitted {
+		d.Objects = objs
 	}
 	return d, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-snapshotter/strata/metadata"
 	"github.com/strata-snapshotter/strata/mounts"
@@ -88,6 +89,15 @@ func (s *snapshotter) planShare(ctx context.Context, rec metadata.Snapshot, pare
 		log.G(ctx).WithField("layer", path).WithField("files", plan.Stripped).Warn("stripped overlayfs's metacopy and redirect xattrs, which the image carried, from files of a layer: the kernel must follow only strata's")
 	}
 	return plan, nil
+}
+
+// recordedUse is a plan's objects as the index records them.
+func recordedUse(objs map[digest.Digest]objects.Use) map[digest.Digest]metadata.ObjectUse {
+	out := make(map[digest.Digest]metadata.ObjectUse, len(objs))
+	for d, u := range objs {
+		out[d] = metadata.ObjectUse{Size: u.Size, Files: u.Files}
+	}
+	return out
 }
 
 // applySharing replaces the files of the committed layer dir that plan

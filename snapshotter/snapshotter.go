@@ -554,7 +554,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if plan == nil {
 			return nil
 		}
-		return tx.ShareFiles(rec.DirName, plan.Objects())
+		return tx.ShareFiles(rec.DirName, recordedUse(plan.Objects()))
 	})
 	if err != nil {
 		return exhaustedOnFullDisk(err)

@@ -218,16 +218,17 @@ func cmdDu(ctx context.Context, c *admin.Client, q query, out io.Writer) error {
 
 func printDu(out io.Writer, r accounting.Report) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tNAME\tKIND\tLAYERS\tTOTAL\tUNIQUE\tSHARED")
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tKIND\tLAYERS\tTOTAL\tUNIQUE\tSHARED\tSHARED FILES")
 	for _, l := range r.Leaves {
 		ns, name, _ := admin.SplitKey(l.Key)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", orDash(ns), name, l.Kind, l.Layers, humanBytes(l.TotalBytes), humanBytes(l.UniqueBytes), humanBytes(l.SharedBytes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", orDash(ns), name, l.Kind, l.Layers,
+			humanBytes(l.TotalBytes), humanBytes(l.UniqueBytes), humanBytes(l.SharedBytes), humanBytes(l.FileSharedBytes))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(out, "\nlogical %s (every leaf's layers counted in full), physical %s (on disk), saved %s by sharing\n",
-		humanBytes(r.LogicalBytes), humanBytes(r.PhysicalBytes), humanBytes(r.SavedBytes))
+	_, err := fmt.Fprintf(out, "\nlogical %s (every leaf's layers counted in full), physical %s (on disk), saved %s by sharing (%s of it by sharing files)\n",
+		humanBytes(r.LogicalBytes), humanBytes(r.PhysicalBytes), humanBytes(r.SavedBytes), humanBytes(r.FileSavedBytes))
 	return err
 }
 
