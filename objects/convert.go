@@ -3,6 +3,7 @@ package objects
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -195,7 +196,8 @@ func (p *Plan) noteDir(path string) error {
 // plan's objects first (Objects), and mounts of the layer must have the
 // store below, so that every name reads its content at every step: a crash
 // leaves each name the file or a stub of an object already stored, and
-// temporary names only in tmp.
+// temporary names only in tmp. A file that fails stays as it was, and the
+// others are converted.
 func (p *Plan) Apply(s Store, tmp string) (err error) {
 	// The times go back whatever happens: a failure leaves some files
 	// converted, and their directories changed.
@@ -206,13 +208,51 @@ func (p *Plan) Apply(s Store, tmp string) (err error) {
 			}
 		}
 	}()
+	var errs []error
 	for _, g := range p.groups {
 		if err := s.Link(g.paths[0], g.digest); err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		if err := Stub(g.digest, tmp, g.paths...); err != nil {
-			return err
+			errs = append(errs, err, s.detach(g.paths[0], g.digest, tmp))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// detach gives d's object an inode of its own when it is path's, which a
+// stub failed to replace: else a container would see the file's link count
+// grow. The copy replaces the object's name at once, so a stub of another
+// layer that already names it reads on.
+func (s Store) detach(path string, d digest.Digest, tmp string) error {
+	var pst, ost unix.Stat_t
+	if err := unix.Lstat(path, &pst); err != nil {
+		return nil // the stub replaced it after all
+	}
+	obj := s.Path(d)
+	if err := unix.Lstat(obj, &ost); err != nil || ost.Ino != pst.Ino || ost.Dev != pst.Dev {
+		return nil
+	}
+	src, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.CreateTemp(tmp, "object-")
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(dst, src)
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(dst.Name(), obj)
+	}
+	if err != nil {
+		os.Remove(dst.Name())
+		return fmt.Errorf("give object %s an inode of its own: %w", d, err)
 	}
 	return nil
 }

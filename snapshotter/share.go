@@ -110,12 +110,24 @@ func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *object
 		return
 	}
 	logger := log.G(ctx).WithField("layer", s.layout.layer(dir))
+	// Made and registered under the lock that the survey's busy check
+	// takes, so that no Cleanup ever takes it for a crash's leftover.
+	s.mu.Lock()
 	tmp, err := s.layout.tempDir()
+	if err == nil {
+		s.converting[tmp] = true
+	}
+	s.mu.Unlock()
 	if err != nil {
 		logger.WithError(err).Error("failed to share files of a layer")
 		return
 	}
-	defer os.RemoveAll(tmp)
+	defer func() {
+		os.RemoveAll(tmp)
+		s.mu.Lock()
+		delete(s.converting, tmp)
+		s.mu.Unlock()
+	}()
 	if err := plan.Apply(s.store, tmp); err != nil {
 		logger.WithError(err).Error("failed to share every file of a layer; the layer stays readable, with fewer files shared")
 		return
@@ -138,11 +150,18 @@ func refuseMappedSharing(mapping *idMapping, data string) error {
 // in the bottom layer from the object store below a mount with options:
 // overlayfs with data-only lower layers (Linux 6.5), and trusted xattrs on
 // the root's filesystem.
-func probeSharing(l layout, options []string) error {
+func probeSharing(l layout, options []string) (err error) {
 	td, err := l.probeDir()
 	if err != nil {
 		return fmt.Errorf("create probe directory: %w", err)
 	}
+	mounted := false
+	defer func() {
+		// Left for the next start's survey if a mount may be in it.
+		if err != nil && !mounted {
+			os.RemoveAll(td)
+		}
+	}()
 	layer, below, merged := filepath.Join(td, "layer"), filepath.Join(td, "below"), filepath.Join(td, "merged")
 	for _, d := range []string{layer, below, merged} {
 		if err := os.Mkdir(d, 0o700); err != nil {
@@ -169,10 +188,12 @@ func probeSharing(l layout, options []string) error {
 	if err := m.Mount(merged); err != nil {
 		return fmt.Errorf("overlay mount with the object store as data-only lower layer failed (overlayfs has them since Linux 6.5): %w", err)
 	}
+	mounted = true
 	got, readErr := os.ReadFile(filepath.Join(merged, "f"))
 	if err := mount.UnmountAll(merged, 0); err != nil {
 		return fmt.Errorf("unmount probe: %w", err)
 	}
+	mounted = false
 	if readErr != nil || !bytes.Equal(got, content) {
 		return fmt.Errorf("overlayfs does not read a stub's content from the object store (read %d bytes, %v)", len(got), readErr)
 	}

@@ -365,13 +365,14 @@ func TestForgedStubXattrs(t *testing.T) {
 	}
 }
 
-// TestShareFilesFailure: a conversion that fails midway (here on a file the
-// kernel will not let it link or replace) fails no commit: the layer is
-// committed, every name reads what it held, and the other files are shared.
+// TestShareFilesFailure: a conversion that fails on some files (here one
+// the kernel will not let it link, and one in a directory where its stub
+// cannot be put) fails no commit: the layer is committed, every name reads
+// what it held with the link count it had, and the other files are shared.
 func TestShareFilesFailure(t *testing.T) {
 	sn, root := newTestSnapshotter(t, WithShareFiles(true))
 	ctx := context.Background()
-	files := map[string][]byte{"a": randomBytes(t, 32<<10), "b": randomBytes(t, 32<<10), "c": randomBytes(t, 32<<10)}
+	files := map[string][]byte{"a": randomBytes(t, 32<<10), "b": randomBytes(t, 32<<10), "c": randomBytes(t, 32<<10), "0locked/d": randomBytes(t, 32<<10)}
 	ms, err := sn.Prepare(ctx, "active", "")
 	if err != nil {
 		t.Fatal(err)
@@ -383,20 +384,34 @@ func TestShareFilesFailure(t *testing.T) {
 		}
 		saw = seen(t, dir)
 	})
-	b := filepath.Join(sn.layout.layer(layerOf(t, ms)), "b")
-	setFlags(t, b, fsAppendFL)
-	t.Cleanup(func() { setFlags(t, b, 0) })
-	if err := sn.Commit(ctx, "layer", "active"); err != nil {
-		t.Fatalf("commit with a file that cannot be shared: %v", err)
+	dir := sn.layout.layer(layerOf(t, ms))
+	// b is append-only: it cannot be linked into the store. 0locked is
+	// immutable: d is linked into the store, but no stub can replace it.
+	for p, flag := range map[string]int{"b": fsAppendFL, "0locked": fsImmutableFL} {
+		setFlags(t, filepath.Join(dir, p), flag)
+		t.Cleanup(func() { setFlags(t, filepath.Join(dir, p), 0) })
 	}
-	sameTree(t, "the layer after a conversion failed midway", saw, viewSees(t, sn, "layer"))
-	if got := objectsIn(t, root); len(got) != 1 || got[0] != digest.FromBytes(files["a"]) {
-		t.Fatalf("objects %v, want a's alone (the conversion stops at b)", got)
+	if err := sn.Commit(ctx, "layer", "active"); err != nil {
+		t.Fatalf("commit with files that cannot be shared: %v", err)
+	}
+	sameTree(t, "the layer after a conversion failed on some files", saw, viewSees(t, sn, "layer"))
+	for _, n := range []string{"a", "c"} {
+		if _, err := sysx.LGetxattr(filepath.Join(dir, n), "trusted.overlay.metacopy"); err != nil {
+			t.Errorf("%s was not shared: %v", n, err)
+		}
+	}
+	// d's object was stored before its stub failed; it stays, an inode of
+	// its own, and goes with the layer.
+	if got, want := objectsIn(t, root), digests(files["a"], files["c"], files["0locked/d"]); !equalDigests(got, want) {
+		t.Fatalf("objects %v, want a's, c's and d's %v", got, want)
 	}
 }
 
-// fsAppendFL is the kernel's FS_APPEND_FL inode flag (linux/fs.h).
-const fsAppendFL = 0x20
+// The kernel's FS_IMMUTABLE_FL and FS_APPEND_FL inode flags (linux/fs.h).
+const (
+	fsImmutableFL = 0x10
+	fsAppendFL    = 0x20
+)
 
 func setFlags(t *testing.T, p string, flags int) {
 	t.Helper()
@@ -511,4 +526,52 @@ func keysOnly(m map[string]string) map[string]string {
 		out[k] = ""
 	}
 	return out
+}
+
+// TestShareFilesWhileCleanup: Cleanup running all along (containerd's
+// garbage collector) never takes a conversion's temporary directory for a
+// crash's leftover: every layer committed meanwhile ends with its large
+// files shared, and reads what it held.
+func TestShareFilesWhileCleanup(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := sn.Cleanup(ctx); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	saw := map[string]map[string]string{}
+	for i := range 20 {
+		name := fmt.Sprintf("layer-%d", i)
+		saw[name] = build(t, sn, name, "", func(dir string) {
+			for j := range 8 {
+				writeFile(t, filepath.Join(dir, fmt.Sprintf("d%d/f%d", j%3, j)), randomBytes(t, 20<<10), 0o644)
+			}
+		})
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range saw {
+		dir := sn.layout.layer(layerOfKey(t, sn, name))
+		for j := range 8 {
+			p := filepath.Join(dir, fmt.Sprintf("d%d/f%d", j%3, j))
+			if _, err := sysx.LGetxattr(p, "trusted.overlay.metacopy"); err != nil {
+				t.Errorf("%s: %s was not shared: %v", name, p, err)
+			}
+		}
+		sameTree(t, name, want, viewSees(t, sn, name))
+	}
 }

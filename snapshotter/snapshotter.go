@@ -98,6 +98,10 @@ type snapshotter struct {
 	mu       sync.Mutex
 	closed   bool
 	deleting map[string]bool // directories being deleted in the background
+	// converting are the temporary directories of conversions running
+	// outside any transaction (share.go), which the survey must not take
+	// for a crash's leftovers.
+	converting map[string]bool
 	wg       sync.WaitGroup  // background deletions
 }
 
@@ -189,6 +193,7 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		syncRemove: c.syncRemove,
 		options:    options,
 		deleting:   map[string]bool{},
+		converting: map[string]bool{},
 		store:      store,
 		shareFiles: c.shareFiles,
 		minShared:  c.minShared,
@@ -722,7 +727,7 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 		if err != nil {
 			return err
 		}
-		if strays, err = s.layout.survey(recorded, s.beingDeleted); err != nil {
+		if strays, err = s.layout.survey(recorded, s.busy); err != nil {
 			return err
 		}
 		for _, st := range strays {
@@ -785,11 +790,12 @@ func deleteObject(ctx context.Context, st stray) {
 	log.G(ctx).WithField("path", st.path).Debug("deleted an object no layer owns")
 }
 
-// beingDeleted reports whether a background deletion is working on path.
-func (s *snapshotter) beingDeleted(path string) bool {
+// busy reports whether a background deletion or a conversion is working on
+// path.
+func (s *snapshotter) busy(path string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.deleting[path]
+	return s.deleting[path] || s.converting[path]
 }
 
 // reconcile runs at start, before anything is served: it tidies the root
