@@ -3,6 +3,7 @@ package metadata
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
@@ -46,8 +47,13 @@ func (t *Tx) HasObjects(dir string) bool {
 	if b == nil {
 		return false
 	}
-	k, _ := b.Cursor().First()
-	return k != nil
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if v != nil { // not the conversion's bucket
+			return true
+		}
+	}
+	return false
 }
 
 // DirObjects returns the objects dir references.
@@ -109,4 +115,65 @@ func readObjects(b *bolt.Bucket, fn func(digest.Digest, ObjectUse)) {
 		}
 		return nil
 	})
+}
+
+// keyConverting names, in a directory's objects bucket, the bucket that
+// records a conversion under way: the times to put back on the layer's
+// directories, by path relative to the layer. It is not a digest, so
+// readObjects passes over it.
+var keyConverting = []byte("converting")
+
+// StartConversion records that the stubs of dir are being made, with the
+// times (access, modification) of the layer's directories the conversion
+// changes, so that a start after a crash can finish it (Conversions).
+func (t *Tx) StartConversion(dir string, times map[string][2]time.Time) error {
+	b, err := t.objects.CreateBucketIfNotExists([]byte(dir))
+	if err != nil {
+		return err
+	}
+	c, err := b.CreateBucketIfNotExists(keyConverting)
+	if err != nil {
+		return fmt.Errorf("record the conversion of %s: %w", dir, err)
+	}
+	for rel, ts := range times {
+		v := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, uint64(ts[0].UnixNano())), uint64(ts[1].UnixNano()))
+		if err := c.Put([]byte(rel), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Conversions returns the directories whose conversion has not ended, with
+// the times StartConversion recorded.
+func (t *Tx) Conversions() map[string]map[string][2]time.Time {
+	out := map[string]map[string][2]time.Time{}
+	_ = t.objects.ForEachBucket(func(dir []byte) error {
+		c := t.objects.Bucket(dir).Bucket(keyConverting)
+		if c == nil {
+			return nil
+		}
+		times := map[string][2]time.Time{}
+		_ = c.ForEach(func(k, v []byte) error {
+			if len(v) == 16 {
+				times[string(k)] = [2]time.Time{
+					time.Unix(0, int64(binary.BigEndian.Uint64(v))),
+					time.Unix(0, int64(binary.BigEndian.Uint64(v[8:]))),
+				}
+			}
+			return nil
+		})
+		out[string(dir)] = times
+		return nil
+	})
+	return out
+}
+
+// EndConversion forgets that dir's conversion is under way.
+func (t *Tx) EndConversion(dir string) error {
+	b := t.objects.Bucket([]byte(dir))
+	if b == nil || b.Bucket(keyConverting) == nil {
+		return nil
+	}
+	return b.DeleteBucket(keyConverting)
 }

@@ -55,6 +55,26 @@ func (p *Plan) Objects() map[digest.Digest]Use {
 	return objs
 }
 
+// DirTimes are the times (access, modification) of the directories the
+// plan changes, by path, as Scan found them: what Apply puts back.
+func (p *Plan) DirTimes() map[string][2]unix.Timespec {
+	out := make(map[string][2]unix.Timespec, len(p.dirs))
+	for dir, ts := range p.dirs {
+		out[dir] = [2]unix.Timespec{ts[0], ts[1]}
+	}
+	return out
+}
+
+// Resume makes the plan finish a conversion that a crash cut off: it keeps
+// only the files whose content keep says was recorded, and puts back times
+// as they were before that conversion began (DirTimes then).
+func (p *Plan) Resume(keep func(digest.Digest) bool, times map[string][2]unix.Timespec) {
+	p.groups = slices.DeleteFunc(p.groups, func(g group) bool { return !keep(g.digest) })
+	for dir, ts := range times {
+		p.dirs[dir] = []unix.Timespec{ts[0], ts[1]}
+	}
+}
+
 // Files counts the files (inodes) the plan converts.
 func (p *Plan) Files() int { return len(p.groups) }
 

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/metadata"
 	"github.com/strata-snapshotter/strata/mounts"
@@ -101,17 +103,27 @@ func recordedUse(objs map[digest.Digest]objects.Use) map[digest.Digest]metadata.
 }
 
 // applySharing replaces the files of the committed layer dir that plan
-// converts with stubs. The commit recorded the plan's objects, so every
-// mount of the layer has the store below, and each name reads its content
-// at every step. A failure leaves the layer readable, with fewer files
-// shared: it is logged, not returned, since the commit is done.
+// converts with stubs, and ends the conversion the commit recorded. The
+// commit recorded the plan's objects, so every mount of the layer has the
+// store below, and each name reads its content at every step. A failure
+// leaves the files it concerns as they were, readable: it is logged, not
+// returned, since the commit is done.
 func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *objects.Plan) {
-	if plan.Files() == 0 {
-		return
-	}
 	logger := log.G(ctx).WithField("layer", s.layout.layer(dir))
-	// Made and registered under the lock that the survey's busy check
-	// takes, so that no Cleanup ever takes it for a crash's leftover.
+	if err := s.apply(plan); err != nil {
+		logger.WithError(err).Error("failed to share every file of a layer; the layer stays readable, with fewer files shared")
+	} else {
+		logger.WithField("files", plan.Files()).Debug("shared files of a layer through the object store")
+	}
+	if err := s.db.Write(func(tx *metadata.Tx) error { return tx.EndConversion(dir) }); err != nil {
+		logger.WithError(err).Warn("failed to record the end of a layer's conversion; the next start goes over it again")
+	}
+}
+
+// apply carries plan out in a temporary directory of the layout. The
+// directory is made and registered under the lock that the survey's busy
+// check takes, so that no Cleanup ever takes it for a crash's leftover.
+func (s *snapshotter) apply(plan *objects.Plan) error {
 	s.mu.Lock()
 	tmp, err := s.layout.tempDir()
 	if err == nil {
@@ -119,8 +131,7 @@ func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *object
 	}
 	s.mu.Unlock()
 	if err != nil {
-		logger.WithError(err).Error("failed to share files of a layer")
-		return
+		return err
 	}
 	defer func() {
 		os.RemoveAll(tmp)
@@ -128,11 +139,62 @@ func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *object
 		delete(s.converting, tmp)
 		s.mu.Unlock()
 	}()
-	if err := plan.Apply(s.store, tmp); err != nil {
-		logger.WithError(err).Error("failed to share every file of a layer; the layer stays readable, with fewer files shared")
-		return
+	return plan.Apply(s.store, tmp)
+}
+
+// relativeTimes are the plan's directory times by path relative to the
+// layer dir, as the index records them.
+func (s *snapshotter) relativeTimes(dir string, plan *objects.Plan) map[string][2]time.Time {
+	root := s.layout.layer(dir)
+	out := map[string][2]time.Time{}
+	for p, ts := range plan.DirTimes() {
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			continue
+		}
+		out[rel] = [2]time.Time{time.Unix(ts[0].Unix()), time.Unix(ts[1].Unix())}
 	}
-	logger.WithField("files", plan.Files()).Debug("shared files of a layer through the object store")
+	return out
+}
+
+// resumeConversions finishes, at start, the conversions a crash cut off
+// (errors are logged: the layers stay readable):
+// their files whose content the commit recorded become stubs, and their
+// directories get back the times they had before. Without it, a file
+// linked into the store whose stub was not yet made would show a container
+// two links.
+func (s *snapshotter) resumeConversions(ctx context.Context) error {
+	var (
+		convs map[string]map[string][2]time.Time
+		objs  = map[string]map[digest.Digest]metadata.ObjectUse{}
+	)
+	err := s.db.View(func(tx *metadata.Tx) error {
+		convs = tx.Conversions()
+		for dir := range convs {
+			objs[dir] = tx.DirObjects(dir)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for dir, times := range convs {
+		root := s.layout.layer(dir)
+		plan, err := objects.Scan(root, s.minShared, false)
+		if err != nil {
+			// The layer stays readable; the next start tries again.
+			log.G(ctx).WithError(err).WithField("layer", root).Error("failed to scan a layer to finish its conversion")
+			continue
+		}
+		abs := map[string][2]unix.Timespec{}
+		for rel, ts := range times {
+			abs[filepath.Join(root, rel)] = [2]unix.Timespec{unix.NsecToTimespec(ts[0].UnixNano()), unix.NsecToTimespec(ts[1].UnixNano())}
+		}
+		plan.Resume(func(d digest.Digest) bool { _, ok := objs[dir][d]; return ok }, abs)
+		log.G(ctx).WithField("layer", root).WithField("files", plan.Files()).Warn("finishing the conversion of a layer that a crash cut off")
+		s.applySharing(ctx, dir, plan)
+	}
+	return nil
 }
 
 // refuseMappedSharing refuses an ID mapping on a chain whose mounts need the

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/continuity/sysx"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/strata-snapshotter/strata/internal/testutil"
+	"github.com/strata-snapshotter/strata/metadata"
 	"github.com/strata-snapshotter/strata/objects"
 )
 
@@ -388,8 +390,8 @@ func TestShareFilesFailure(t *testing.T) {
 	// b is append-only: it cannot be linked into the store. 0locked is
 	// immutable: d is linked into the store, but no stub can replace it.
 	for p, flag := range map[string]int{"b": fsAppendFL, "0locked": fsImmutableFL} {
-		setFlags(t, filepath.Join(dir, p), flag)
-		t.Cleanup(func() { setFlags(t, filepath.Join(dir, p), 0) })
+		setFlag(t, filepath.Join(dir, p), flag, true)
+		t.Cleanup(func() { setFlag(t, filepath.Join(dir, p), flag, false) })
 	}
 	if err := sn.Commit(ctx, "layer", "active"); err != nil {
 		t.Fatalf("commit with files that cannot be shared: %v", err)
@@ -413,13 +415,24 @@ const (
 	fsAppendFL    = 0x20
 )
 
-func setFlags(t *testing.T, p string, flags int) {
+// setFlag turns the inode flag of p on or off, keeping its others (ext4
+// refuses to clear the extents flag).
+func setFlag(t *testing.T, p string, flag int, on bool) {
 	t.Helper()
 	f, err := os.Open(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	flags, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if on {
+		flags |= flag
+	} else {
+		flags &^= flag
+	}
 	if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, flags); err != nil {
 		t.Fatal(err)
 	}
@@ -573,5 +586,68 @@ func TestShareFilesWhileCleanup(t *testing.T) {
 			}
 		}
 		sameTree(t, name, want, viewSees(t, sn, name))
+	}
+}
+
+// TestShareFilesResumedAfterCrash: a crash in the middle of a conversion
+// leaves a file linked into the store but not yet replaced by its stub (a
+// container would see two links), and directories with changed times. The
+// next start finishes the conversion: the file becomes a stub, the
+// directories get their times back, and the layer shows what it held.
+func TestShareFilesResumedAfterCrash(t *testing.T) {
+	sn, root := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
+	content := randomBytes(t, 32<<10)
+	saw := build(t, sn, "layer", "", func(dir string) {
+		writeFile(t, filepath.Join(dir, "sub/f"), content, 0o644)
+		if err := unix.UtimesNano(filepath.Join(dir, "sub"), []unix.Timespec{{Sec: 1e9}, {Sec: 1e9}}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	name := layerOfKey(t, sn, "layer")
+	layer := sn.layout.layer(name)
+	f := filepath.Join(layer, "sub/f")
+	// The state a crash leaves: f is the object's inode again, sub's mtime
+	// is the conversion's, and the index says the conversion is under way
+	// (with the times from before it).
+	obj := filepath.Join(root, objectsDir, objectPath(digest.FromBytes(content)))
+	if err := os.Link(obj, f+"-tmp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(f+"-tmp", f); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(filepath.Join(layer, "sub"), time.Now(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	err := sn.db.Write(func(tx *metadata.Tx) error {
+		return tx.StartConversion(name, map[string][2]time.Time{"sub": {time.Unix(1e9, 0), time.Unix(1e9, 0)}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn.Close()
+
+	again, err := New(ctx, root, WithShareFiles(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	var st unix.Stat_t
+	if err := unix.Lstat(f, &st); err != nil || st.Nlink != 1 {
+		t.Fatalf("after the start, %s has %d links (%v), want a stub of its own", f, st.Nlink, err)
+	}
+	if _, err := sysx.LGetxattr(f, "trusted.overlay.metacopy"); err != nil {
+		t.Fatalf("after the start, %s is not a stub: %v", f, err)
+	}
+	sameTree(t, "the layer after its conversion was finished", saw, viewSees(t, again, "layer"))
+	err = again.(*snapshotter).db.View(func(tx *metadata.Tx) error {
+		if c := tx.Conversions(); len(c) != 0 {
+			t.Errorf("conversions still under way: %v", c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -202,6 +202,10 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		db.Close()
 		return nil, err
 	}
+	if err := s.resumeConversions(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if c.commitSync {
 		if s.flusher, err = newFlusher(l.root); err != nil {
 			db.Close()
@@ -559,7 +563,10 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		if plan == nil {
 			return nil
 		}
-		return tx.ShareFiles(rec.DirName, recordedUse(plan.Objects()))
+		if err := tx.ShareFiles(rec.DirName, recordedUse(plan.Objects())); err != nil {
+			return err
+		}
+		return tx.StartConversion(rec.DirName, s.relativeTimes(rec.DirName, plan))
 	})
 	if err != nil {
 		return exhaustedOnFullDisk(err)
