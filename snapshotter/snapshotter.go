@@ -102,7 +102,7 @@ type snapshotter struct {
 	// outside any transaction (share.go), which the survey must not take
 	// for a crash's leftovers.
 	converting map[string]bool
-	wg       sync.WaitGroup  // background deletions
+	wg         sync.WaitGroup // background deletions
 }
 
 // New opens (creating if needed) a snapshotter rooted at root, which must be
