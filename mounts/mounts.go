@@ -50,8 +50,8 @@ type Request struct {
 	EmptyLower string
 	// DataDir, when set, is the object store (share_files): a data-only
 	// lower layer below Parents, from which the kernel reads the content
-	// of the stubs in the last of them. Every mount of such a chain is an
-	// overlay, a view of one layer included.
+	// of the stubs in the last of them, and no other (metacopy=off). Every
+	// mount of such a chain is an overlay, a view of one layer included.
 	DataDir string
 }
 
@@ -79,6 +79,14 @@ func For(r Request) []mount.Mount {
 	}
 	options = append(options, "lowerdir="+lowerdir)
 	options = append(options, r.Options...)
+	if r.DataDir != "" {
+		// Last, over the options and the module's default: with
+		// metacopy the kernel would follow a stub in any lower layer
+		// into the store, and containerd's applier writes a layer's
+		// trusted.overlay xattrs as the image has them. Without it, only
+		// the last lower layer's stubs are followed, which strata wrote.
+		options = append(options, "metacopy=off")
+	}
 
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
 }

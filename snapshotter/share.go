@@ -32,12 +32,13 @@ import (
 // Only the bottom layer, because only there does the kernel follow a stub
 // without the metacopy mount option: in any other lower layer it needs
 // metacopy=on, which BuildKit's forced redirect_dir=off makes the kernel
-// refuse. The bottom layer is also the only one containerd's applier writes
-// through a bind mount, with an image's trusted.overlay xattrs as they are:
-// the stub xattrs it may carry are stripped before the commit records any
-// object, so no mount ever has the store below a forged stub. (Through an
-// overlay mount overlayfs escapes them, and without metacopy=on it refuses
-// to follow a stub in any layer but the last.)
+// refuse. containerd's applier writes an image's trusted.overlay xattrs as
+// they are into every layer (through the bottom layer's bind mount, and
+// straight into the upper directory of the others). So the bottom layer's
+// stub xattrs are stripped before the commit records any object, and every
+// mount with the store has metacopy=off (mounts.For), whatever the overlay
+// module's default: the kernel then follows no stub but those of the last
+// lower layer, which strata wrote.
 //
 // The index records a layer's objects in the commit's transaction; the
 // stubs are made after it, each after its object is stored, so that every

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -311,14 +312,17 @@ func layerOfKey(t *testing.T, sn *snapshotter, key string) string {
 	return rec.DirName
 }
 
-// TestForgedStubXattrs: an image's first layer, which containerd's applier
-// writes through a bind mount with the image's xattrs as they are, cannot
-// make a file read another layer's object: the kernel's stub xattrs it
-// carries are stripped when it is committed. A layer written through an
-// overlay mount keeps the kernel's own (a container's chmod of a shared
-// file copies up its metadata alone), and reads right.
+// TestForgedStubXattrs: an image's layers cannot make a file read another
+// image's file from the object store. containerd's applier writes a
+// layer's xattrs as the image has them: into an image's bottom layer
+// through its bind mount, into the others straight into their upper
+// directory. The bottom layer's stub xattrs are stripped when it is
+// committed; the others' are never followed, since every mount with the
+// store has metacopy=off (whatever the overlay module's default). A
+// container's chmod of a shared file copies it up whole, and reads right.
 func TestForgedStubXattrs(t *testing.T) {
 	sn, _ := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
 	secret := randomBytes(t, 64<<10)
 	build(t, sn, "victim", "", func(dir string) {
 		writeFile(t, filepath.Join(dir, "secret"), secret, 0o600)
@@ -330,10 +334,9 @@ func TestForgedStubXattrs(t *testing.T) {
 			}
 		}
 	}
-	own := randomBytes(t, 32<<10)
-	build(t, sn, "evil", "", func(dir string) {
-		// A hole where the secret would be, and a large file of its own,
-		// each carrying a stub's xattrs naming the secret's object.
+	// A hole where the secret would be, carrying a stub's xattrs naming
+	// the secret's object, and a large file of its own with them too.
+	steal := func(dir string) {
 		if err := os.WriteFile(filepath.Join(dir, "steal"), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -341,30 +344,59 @@ func TestForgedStubXattrs(t *testing.T) {
 			t.Fatal(err)
 		}
 		forge(filepath.Join(dir, "steal"))
+	}
+	own := randomBytes(t, 32<<10)
+	build(t, sn, "evil", "", func(dir string) {
+		steal(dir)
 		writeFile(t, filepath.Join(dir, "own"), own, 0o644)
 		forge(filepath.Join(dir, "own"))
 	})
-	// A layer above, written through an overlay mount: a chmod of a
-	// shared file there is the kernel's metadata-only copy-up.
-	build(t, sn, "evil-top", "evil", func(dir string) {
+	// A layer above, written as containerd's applier writes one: straight
+	// into its upper directory.
+	if _, err := sn.Prepare(ctx, "evil-top-active", "evil"); err != nil {
+		t.Fatal(err)
+	}
+	upper := sn.layout.layer(layerOfKey(t, sn, "evil-top-active"))
+	if err := os.Mkdir(filepath.Join(upper, "up"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	steal(filepath.Join(upper, "up"))
+	if err := sn.Commit(ctx, "evil-top", "evil-top-active"); err != nil {
+		t.Fatal(err)
+	}
+	// And a container's chmod of a shared file.
+	chmodMounts, err := sn.Prepare(ctx, "evil-chmod-active", "evil-top")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WithMount(t, chmodMounts, func(dir string) {
 		if err := os.Chmod(filepath.Join(dir, "own"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	})
-	for _, key := range []string{"evil", "evil-top"} {
-		ms, err := sn.View(context.Background(), "check-"+key, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		testutil.WithMount(t, ms, func(dir string) {
-			if got, err := os.ReadFile(filepath.Join(dir, "steal")); err != nil || bytes.Equal(got, secret) || !bytes.Equal(got, make([]byte, len(secret))) {
-				t.Errorf("%s: a forged stub read %d bytes, secret=%v (%v); want its own zeros", key, len(got), bytes.Equal(got, secret), err)
-			}
-			if got, err := os.ReadFile(filepath.Join(dir, "own")); err != nil || !bytes.Equal(got, own) {
-				t.Errorf("%s: a file with forged stub xattrs read %d bytes (%v); want its own content", key, len(got), err)
-			}
-		})
+	if err := sn.Commit(ctx, "evil-chmod", "evil-chmod-active"); err != nil {
+		t.Fatal(err)
 	}
+	ms, err := sn.View(ctx, "check", "evil-chmod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(ms[0].Options, "metacopy=off") {
+		t.Fatalf("a mount with the store lacks metacopy=off: %v", ms[0].Options)
+	}
+	testutil.WithMount(t, ms, func(dir string) {
+		// The bottom layer's, stripped, reads its own zeros; the upper
+		// layer's is refused by the kernel, as on containerd's overlayfs.
+		for _, p := range []string{"steal", "up/steal"} {
+			got, err := os.ReadFile(filepath.Join(dir, p))
+			if err == nil && bytes.Equal(got, secret) {
+				t.Errorf("%s: a forged stub read the other image's file", p)
+			}
+		}
+		if got, err := os.ReadFile(filepath.Join(dir, "own")); err != nil || !bytes.Equal(got, own) {
+			t.Errorf("a file with forged stub xattrs, chmod-ed in a container, read %d bytes (%v); want its own content", len(got), err)
+		}
+	})
 }
 
 // TestShareFilesFailure: a conversion that fails on some files (here one
