@@ -321,7 +321,11 @@ func diffImageSpecs() ([]diffImageSpec, error) {
 			bb,
 			{},
 			stackChangeEntries(),
-			{fileE("top", "top\n", 0o644)},
+			// A file whose parent directory has no entry, and no layer
+			// below has: the applier makes the directory. (/tmp on this
+			// machine is 1777: a directory made from the wrong place
+			// would show it.)
+			{fileE("top", "top\n", 0o644), fileE("tmp/no-parent-entry", "x\n", 0o644)},
 		}},
 	}, nil
 }

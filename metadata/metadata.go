@@ -23,6 +23,12 @@
 //	    <digest>        an object stubs in the layer stand for -> its size and
 //	                    the number of stubs (big-endian uint64s); recorded
 //	                    before the stubs are made
+//	    converting/     a conversion under way: directory path relative to
+//	                    the layer -> its access and modification times
+//	  released/<digest> an object a layer stood for when the layer went:
+//	                    deleted once no layer stands for it (an object no
+//	                    layer records and never released is kept: see the
+//	                    snapshotter's ownership.go)
 //
 // A directory usually has one snapshot. A committed layer's directory may
 // have several: the same layer (same chain id) committed again through
@@ -67,6 +73,7 @@ var (
 	bucketDirs      = []byte("dirs")
 	bucketRefs      = []byte("refs")
 	bucketObjects   = []byte("objects")
+	bucketReleased  = []byte("released")
 	keySchema       = []byte("schema")
 )
 
@@ -239,7 +246,7 @@ func createSchema(ctx context.Context, tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs, bucketRefs, bucketObjects} {
+	for _, name := range [][]byte{bucketSnapshots, bucketIDs, bucketChildren, bucketDirs, bucketRefs, bucketObjects, bucketReleased} {
 		if _, err := root.CreateBucket(name); err != nil {
 			return err
 		}
@@ -270,8 +277,10 @@ func migrate(ctx context.Context, root *bolt.Bucket, from uint32) error {
 		}
 	}
 	// Version 3 to 4: no layer shared its files yet.
-	if _, err := root.CreateBucket(bucketObjects); err != nil {
-		return fmt.Errorf("migrate schema %d: %w", from, err)
+	for _, name := range [][]byte{bucketObjects, bucketReleased} {
+		if _, err := root.CreateBucket(name); err != nil {
+			return fmt.Errorf("migrate schema %d: %w", from, err)
+		}
 	}
 	log.G(ctx).WithField("from", from).WithField("to", SchemaVersion).Info("migrated metadata database")
 	return stampSchema(root)
@@ -391,6 +400,7 @@ type Tx struct {
 	dirs      *bolt.Bucket
 	refs      *bolt.Bucket
 	objects   *bolt.Bucket
+	released  *bolt.Bucket
 }
 
 func newTx(tx *bolt.Tx) *Tx {
@@ -403,6 +413,7 @@ func newTx(tx *bolt.Tx) *Tx {
 		dirs:      root.Bucket(bucketDirs),
 		refs:      root.Bucket(bucketRefs),
 		objects:   root.Bucket(bucketObjects),
+		released:  root.Bucket(bucketReleased),
 	}
 }
 

@@ -116,6 +116,9 @@ func TestMigrateSchema1(t *testing.T) {
 		if err := root.DeleteBucket(bucketObjects); err != nil {
 			return err
 		}
+		if err := root.DeleteBucket(bucketReleased); err != nil {
+			return err
+		}
 		if err := root.DeleteBucket(bucketRefs); err != nil {
 			return err
 		}
@@ -202,6 +205,9 @@ func TestMigrateSchema2(t *testing.T) {
 		if err := root.DeleteBucket(bucketObjects); err != nil {
 			return err
 		}
+		if err := root.DeleteBucket(bucketReleased); err != nil {
+			return err
+		}
 		if err := root.DeleteBucket(bucketRefs); err != nil {
 			return err
 		}
@@ -229,6 +235,9 @@ func TestMigrateSchema3(t *testing.T) {
 	editFile(t, path, func(tx *bolt.Tx) error {
 		root := tx.Bucket(bucketRoot)
 		if err := root.DeleteBucket(bucketObjects); err != nil {
+			return err
+		}
+		if err := root.DeleteBucket(bucketReleased); err != nil {
 			return err
 		}
 		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 3))
@@ -293,6 +302,17 @@ func TestObjectsFollowDirectories(t *testing.T) {
 	if objs, shares := objectsOf(); shares || len(objs) != 0 {
 		t.Fatalf("objects after the directory's last snapshot went: %v (sharing %v)", objs, shares)
 	}
+	// Released, for the store to delete them.
+	_ = db.View(func(tx *Tx) error {
+		got := tx.Released()
+		sort.Slice(got, func(i, j int) bool { return got[i] < got[j] })
+		want := []digest.Digest{one, two}
+		sort.Slice(want, func(i, j int) bool { return want[i] < want[j] })
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("released %v, want %v", got, want)
+		}
+		return nil
+	})
 }
 
 // TestRefsIndex: the layer lookup follows commits, label updates and

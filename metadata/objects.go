@@ -97,15 +97,61 @@ func (t *Tx) ObjectDirs() []string {
 	return dirs
 }
 
-// forgetObjects drops dir's objects, once no snapshot has dir.
+// forgetObjects drops dir's objects, once no snapshot has dir, and marks
+// them released.
 func (t *Tx) forgetObjects(dir string) error {
 	if t.objects.Bucket([]byte(dir)) == nil {
 		return nil
+	}
+	for d := range t.DirObjects(dir) {
+		if err := t.release(d); err != nil {
+			return err
+		}
 	}
 	if err := t.objects.DeleteBucket([]byte(dir)); err != nil {
 		return fmt.Errorf("forget objects of %s: %w", dir, err)
 	}
 	return nil
+}
+
+// SetObjects makes objs the objects dir's stubs stand for: those a
+// conversion recorded and then made no stub of are released.
+func (t *Tx) SetObjects(dir string, objs map[digest.Digest]ObjectUse) error {
+	for d := range t.DirObjects(dir) {
+		if _, ok := objs[d]; ok {
+			continue
+		}
+		if err := t.objects.Bucket([]byte(dir)).Delete([]byte(d)); err != nil {
+			return err
+		}
+		if err := t.release(d); err != nil {
+			return err
+		}
+	}
+	return t.ShareFiles(dir, objs)
+}
+
+func (t *Tx) release(d digest.Digest) error {
+	if err := t.released.Put([]byte(d), nil); err != nil {
+		return fmt.Errorf("release object %s: %w", d, err)
+	}
+	return nil
+}
+
+// Released returns the objects released and not yet unreleased.
+func (t *Tx) Released() []digest.Digest {
+	var ds []digest.Digest
+	_ = t.released.ForEach(func(k, _ []byte) error {
+		ds = append(ds, digest.Digest(k))
+		return nil
+	})
+	return ds
+}
+
+// Unrelease forgets that d was released: its object was deleted, or is
+// another layer's again.
+func (t *Tx) Unrelease(d digest.Digest) error {
+	return t.released.Delete([]byte(d))
 }
 
 func readObjects(b *bolt.Bucket, fn func(digest.Digest, ObjectUse)) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -762,7 +763,22 @@ func (t *Tx) Check() []string {
 		if !t.DirInUse(dir) {
 			add("objects are recorded for directory %q, which no snapshot has", dir)
 		}
+		_ = t.objects.Bucket([]byte(dir)).ForEach(func(k, v []byte) error {
+			if v == nil && bytes.Equal(k, keyConverting) {
+				return nil
+			}
+			if digest.Digest(k).Validate() != nil || len(v) != 16 {
+				add("directory %q has a damaged object entry %q", dir, k)
+			}
+			return nil
+		})
 	}
+	_ = t.released.ForEach(func(k, _ []byte) error {
+		if digest.Digest(k).Validate() != nil {
+			add("released object entry %q is not a digest", k)
+		}
+		return nil
+	})
 	_ = t.children.ForEach(func(k, v []byte) error {
 		c, ok := records[string(v)]
 		if len(k) != 16 || !ok || c.ID != binary.BigEndian.Uint64(k[8:]) {

@@ -34,6 +34,7 @@ type group struct {
 	paths  []string
 	digest digest.Digest
 	size   int64
+	failed bool // Apply could not make its stub
 }
 
 // Use is how a converted layer uses one object.
@@ -43,10 +44,14 @@ type Use struct {
 }
 
 // Objects are the objects the plan's stubs stand for: what the index
-// records before Apply makes the stubs.
+// records before Apply makes the stubs, and after it, those of the stubs it
+// made.
 func (p *Plan) Objects() map[digest.Digest]Use {
 	objs := make(map[digest.Digest]Use, len(p.groups))
 	for _, g := range p.groups {
+		if g.failed {
+			continue
+		}
 		u := objs[g.digest]
 		u.Size = g.size
 		u.Files++
@@ -229,12 +234,15 @@ func (p *Plan) Apply(s Store, tmp string) (err error) {
 		}
 	}()
 	var errs []error
-	for _, g := range p.groups {
+	for i := range p.groups {
+		g := &p.groups[i]
 		if err := s.Link(g.paths[0], g.digest); err != nil {
+			g.failed = true
 			errs = append(errs, err)
 			continue
 		}
 		if err := Stub(g.digest, tmp, g.paths...); err != nil {
+			g.failed = true
 			errs = append(errs, err, s.detach(g.paths[0], g.digest, tmp))
 		}
 	}
@@ -264,6 +272,10 @@ func (s Store) detach(path string, d digest.Digest, tmp string) error {
 		return err
 	}
 	_, err = io.Copy(dst, src)
+	if err == nil {
+		// Other layers' stubs may name it: on disk before its name.
+		err = dst.Sync()
+	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}

@@ -40,6 +40,10 @@ func New(root string) (Store, error) {
 	return Store{root: root}, nil
 }
 
+// Open is the store at root, which may not exist: for reading it without
+// changing anything.
+func Open(root string) Store { return Store{root: root} }
+
 // Root is the store's directory: the data-only lower layer of a mount.
 func (s Store) Root() string { return s.root }
 
@@ -67,15 +71,30 @@ func (s Store) Add(path string) (digest.Digest, error) {
 
 // Link stores the regular file at path, whose content has digest d, as
 // d's object: when the store has none, path's inode becomes the object
-// through a hard link (no data is copied); when it has one, nothing is
-// written.
+// through a hard link (no data is copied); when it has one of path's size,
+// nothing is written. One of another size is refused: it is not d's
+// content (a write lost in a crash, say), and must not stand for path.
 func (s Store) Link(path string, d digest.Digest) error {
 	obj := s.Path(d)
 	if err := os.MkdirAll(filepath.Dir(obj), 0o700); err != nil {
 		return err
 	}
-	if err := os.Link(path, obj); err != nil && !errors.Is(err, fs.ErrExist) {
+	switch err := os.Link(path, obj); {
+	case err == nil:
+		return nil
+	case !errors.Is(err, fs.ErrExist):
 		return fmt.Errorf("store %s as %s: %w", path, d, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	ofi, err := os.Stat(obj)
+	if err != nil {
+		return err
+	}
+	if ofi.Size() != fi.Size() {
+		return fmt.Errorf("object %s holds %d bytes, not the %d of %s: %w", d, ofi.Size(), fi.Size(), path, fs.ErrInvalid)
 	}
 	return nil
 }

@@ -188,3 +188,37 @@ func TestStubRefusesTheKernelsXattrs(t *testing.T) {
 func summary(e entry) string {
 	return fmt.Sprintf("mode=%o owner=%d:%d size=%d nlink=%d mtime=%v xattr=%q link-of=%q", e.mode, e.uid, e.gid, e.size, e.nlink, e.mtime, e.xattr, e.sameInode)
 }
+
+// TestLinkRefusesAnObjectOfAnotherSize: an object already stored under a
+// digest but not of the file's size (a write a crash undid) is not taken
+// for the file's content.
+func TestLinkRefusesAnObjectOfAnotherSize(t *testing.T) {
+	dir := t.TempDir()
+	s, err := New(filepath.Join(dir, "objects"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, []byte("the content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Hash(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(s.Path(d)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.Path(d), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Link(p, d); err == nil || !strings.Contains(err.Error(), "holds 0 bytes") {
+		t.Fatalf("Link onto an empty object of the digest: %v", err)
+	}
+	if err := os.WriteFile(s.Path(d), []byte("the content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Link(p, d); err != nil {
+		t.Fatalf("Link onto the object: %v", err)
+	}
+}

@@ -75,7 +75,8 @@ func Fsck(ctx context.Context, root string, opts FsckOptions) (FsckReport, error
 	defer db.Close()
 
 	var r FsckReport
-	findings, strays, err := check(ctx, l, db, opts.VerifyObjects)
+	// Objects are read once: after the repair, when there is one.
+	findings, strays, err := check(ctx, l, db, opts.VerifyObjects && !opts.Repair)
 	if err != nil || !opts.Repair {
 		r.Findings = findings
 		return r, err
@@ -93,6 +94,7 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 		recs     []metadata.Snapshot
 		recorded owned
 		objs     map[string]map[digest.Digest]metadata.ObjectUse // by directory
+		users    map[digest.Digest][]string
 	)
 	err = db.View(func(tx *metadata.Tx) (err error) {
 		findings = append(findings, tx.Check()...)
@@ -103,6 +105,7 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 		for _, dir := range tx.ObjectDirs() {
 			objs[dir] = tx.DirObjects(dir)
 		}
+		users = objectUsers(tx)
 		return tx.Walk(func(s metadata.Snapshot) error {
 			recs = append(recs, s)
 			return nil
@@ -111,7 +114,7 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 	if err != nil {
 		return nil, nil, err
 	}
-	if strays, err = l.survey(recorded, func(string) bool { return false }); err != nil {
+	if strays, err = l.survey(recorded, func(string) bool { return false }, true); err != nil {
 		return nil, nil, err
 	}
 	restoring := map[string]bool{}
@@ -128,7 +131,7 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 	}
 	findings = append(findings, checkStubs(l, objs)...)
 	if verify {
-		findings = append(findings, verifyObjects(l)...)
+		findings = append(findings, verifyObjects(l, users)...)
 	}
 	return findings, strays, nil
 }
@@ -137,10 +140,7 @@ func check(ctx context.Context, l layout, db *metadata.DB, verify bool) (finding
 // an object the index records for the layer, and that the object is there.
 func checkStubs(l layout, objs map[string]map[digest.Digest]metadata.ObjectUse) []string {
 	var findings []string
-	store, err := objects.New(l.objectsRoot())
-	if err != nil {
-		return []string{fmt.Sprintf("object store: %v", err)}
-	}
+	store := objects.Open(l.objectsRoot())
 	for _, dir := range slices.Sorted(maps.Keys(objs)) {
 		if !exists(l.layer(dir)) {
 			continue // reported with its snapshot
@@ -155,28 +155,45 @@ func checkStubs(l layout, objs map[string]map[digest.Digest]metadata.ObjectUse) 
 				findings = append(findings, fmt.Sprintf("layer %s has stubs of object %s, which the index does not record for it", l.layer(dir), d))
 			}
 			if !exists(store.Path(d)) {
-				findings = append(findings, fmt.Sprintf("layer %s has stubs of object %s, which is missing: those files cannot be read; remove the images that use the layer and pull them again", l.layer(dir), d))
+				findings = append(findings, fmt.Sprintf("layer %s has stubs of object %s, which is missing: those files cannot be read; remove the images and containers that use the layer, then pull again", l.layer(dir), d))
 			}
 		}
 	}
 	return findings
 }
 
-// verifyObjects hashes every object of the store.
-func verifyObjects(l layout) []string {
-	store, err := objects.New(l.objectsRoot())
-	if err != nil {
-		return []string{fmt.Sprintf("object store: %v", err)}
+// objectUsers names, by object, the snapshots whose layers stand for it.
+func objectUsers(tx *metadata.Tx) map[digest.Digest][]string {
+	users := map[digest.Digest][]string{}
+	for d, refs := range tx.Objects() {
+		for _, dir := range refs.Dirs {
+			for _, id := range tx.DirUsers(dir) {
+				if rec, err := tx.GetByID(id); err == nil {
+					users[d] = append(users[d], rec.Key)
+				}
+			}
+		}
+		slices.Sort(users[d])
 	}
+	return users
+}
+
+// verifyObjects hashes every object of the store; users names, by object,
+// the snapshots whose layers stand for it.
+func verifyObjects(l layout, users map[digest.Digest][]string) []string {
+	if !exists(l.objectsRoot()) {
+		return nil
+	}
+	store := objects.Open(l.objectsRoot())
 	var findings []string
-	err = store.Walk(func(e objects.Entry) error {
+	err := store.Walk(func(e objects.Entry) error {
 		if e.Digest == "" {
 			return nil // reported by the survey
 		}
 		if got, err := objects.Hash(e.Path); err != nil {
 			findings = append(findings, fmt.Sprintf("object %s: %v", e.Path, err))
 		} else if got != e.Digest {
-			findings = append(findings, fmt.Sprintf("object %s holds content of digest %s: every file that stands for it reads wrong; remove the images that use it and pull them again", e.Path, got))
+			findings = append(findings, fmt.Sprintf("object %s holds content of digest %s: the files that stand for it read wrong in snapshots %q; remove the images and containers that use them (until none is left, a pull shares the bad object again), then pull again", e.Path, got, users[e.Digest]))
 		}
 		return nil
 	})
@@ -260,7 +277,7 @@ func (r *FsckReport) remove(ctx context.Context, path string) {
 // keeps (an older copy of the index was put back, say). What is not
 // strata's stays.
 func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
-	recorded := owned{dirs: map[string]bool{}, objects: map[digest.Digest]bool{}}
+	recorded := owned{dirs: map[string]bool{}, objects: map[digest.Digest]bool{}, released: map[digest.Digest]bool{}}
 	fi, err := os.Stat(l.dbPath())
 	indexed := err == nil && fi.Size() > 0
 	if indexed {
@@ -277,7 +294,7 @@ func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
 			return FsckReport{}, err
 		}
 	}
-	strays, err := l.survey(recorded, func(string) bool { return false })
+	strays, err := l.survey(recorded, func(string) bool { return false }, true)
 	if err != nil {
 		return FsckReport{}, err
 	}

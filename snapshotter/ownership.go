@@ -38,7 +38,10 @@ import (
 //     start-up probe cut off by a crash: garbage;
 //   - an object under objects/ belongs to the layers whose stubs stand for
 //     it: those the index records it for (before the stubs are made), and
-//     the stubs in unindexed layers. An object of no layer is garbage;
+//     the stubs in unindexed layers. An object the index released (the last
+//     layer standing for it went) and no layer stands for is garbage. One
+//     the index neither records nor released (the index is older than the
+//     object, or damaged) is "unindexed", kept like such a layer;
 //   - anything else, and anything of the names above that is not a
 //     directory, is not strata's: reported, never deleted.
 //
@@ -65,8 +68,9 @@ type stray struct {
 	to string
 	// why says, for an operator, how the entry came to be.
 	why string
-	// object marks an object of the store.
+	// object marks an object of the store, whose content is digest.
 	object bool
+	digest digest.Digest
 }
 
 func (s stray) String() string {
@@ -82,16 +86,19 @@ func (s stray) String() string {
 	}
 }
 
-// owned is what the index gives an owner to.
+// owned is what the index gives an owner to, and the objects it released.
 type owned struct {
-	dirs    map[string]bool        // layer directory names of snapshots
-	objects map[digest.Digest]bool // objects of their stubs
+	dirs     map[string]bool        // layer directory names of snapshots
+	objects  map[digest.Digest]bool // objects of their stubs
+	released map[digest.Digest]bool
 }
 
 // survey lists every entry under the root that no recorded snapshot owns,
 // with its fate. busy says whether a path is already being deleted in the
-// background (such a path is left out).
-func (l layout) survey(recorded owned, busy func(string) bool) ([]stray, error) {
+// background, or used by a conversion (such a path is left out). Without
+// wholeStore it judges, of the object store, only the released objects:
+// Cleanup's pass, which must not walk every object inside its transaction.
+func (l layout) survey(recorded owned, busy func(string) bool, wholeStore bool) ([]stray, error) {
 	var strays []stray
 	add := func(s stray) {
 		if !busy(s.path) {
@@ -128,7 +135,7 @@ func (l layout) survey(recorded owned, busy func(string) bool) ([]stray, error) 
 			}
 		}
 	}
-	objs, err := l.objectStrays(recorded.objects, kept)
+	objs, err := l.objectStrays(recorded, kept, wholeStore)
 	if err != nil {
 		return nil, err
 	}
@@ -139,32 +146,48 @@ func (l layout) survey(recorded owned, busy func(string) bool) ([]stray, error) 
 	return strays, nil
 }
 
-// objectStrays judges the entries of the object store: an object is owned
-// when recorded holds it or a stub in a kept (unindexed) layer stands for
-// it.
-func (l layout) objectStrays(recorded map[digest.Digest]bool, kept map[string]bool) ([]stray, error) {
+// objectStrays judges the entries of the object store (the released
+// objects alone, without wholeStore): an object is owned when the index
+// records it or a stub in a kept (unindexed) layer stands for it.
+func (l layout) objectStrays(recorded owned, kept map[string]bool, wholeStore bool) ([]stray, error) {
 	if !exists(l.objectsRoot()) {
 		return nil, nil
 	}
-	owned := maps.Clone(recorded)
+	owns := maps.Clone(recorded.objects)
 	for name := range kept {
 		stubs, err := objects.StubsIn(l.layer(name))
 		if err != nil {
 			return nil, fmt.Errorf("read the stubs of unindexed layer %s: %w", l.layer(name), err)
 		}
-		maps.Copy(owned, stubs)
+		maps.Copy(owns, stubs)
 	}
-	store, err := objects.New(l.objectsRoot())
-	if err != nil {
-		return nil, err
-	}
-	var strays []stray
-	err = store.Walk(func(e objects.Entry) error {
+	store := objects.Open(l.objectsRoot())
+	judge := func(e objects.Entry) *stray {
 		switch {
 		case e.Digest == "":
-			strays = append(strays, stray{path: e.Path, fate: foreign, why: "not an object of the store"})
-		case !owned[e.Digest]:
-			strays = append(strays, stray{path: e.Path, fate: garbage, object: true, why: "an object no layer's stubs stand for"})
+			return &stray{path: e.Path, fate: foreign, why: "not an object of the store"}
+		case owns[e.Digest]:
+			return nil
+		case recorded.released[e.Digest]:
+			return &stray{path: e.Path, fate: garbage, object: true, digest: e.Digest, why: "an object no layer's stubs stand for any more"}
+		default:
+			return &stray{path: e.Path, fate: unindexed, object: true, digest: e.Digest, why: "an object the index neither records nor released: the index is older than the object, or damaged"}
+		}
+	}
+	var strays []stray
+	if !wholeStore {
+		for d := range recorded.released {
+			if p := store.Path(d); exists(p) {
+				if st := judge(objects.Entry{Path: p, Digest: d}); st != nil {
+					strays = append(strays, *st)
+				}
+			}
+		}
+		return strays, nil
+	}
+	err := store.Walk(func(e objects.Entry) error {
+		if st := judge(e); st != nil {
+			strays = append(strays, *st)
 		}
 		return nil
 	})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -56,10 +57,19 @@ const minSharedSize = 16 << 10
 // from now on. Layers already shared stay so when it is off.
 func WithShareFiles(on bool) Opt { return func(c *config) { c.shareFiles = on } }
 
-// dataDir is the object store when a chain of the lower directories lowers
+// dataDir is the object store when rec, on the lower directories lowers,
 // stands on a layer with stubs, and "" when its mounts need no store.
-func (s *snapshotter) dataDir(tx *metadata.Tx, lowers []string) string {
-	if len(lowers) > 0 && tx.HasObjects(lowers[len(lowers)-1]) {
+//
+// A snapshot containerd extracts a layer into gets none: containerd's
+// applier reads the parents of its layer from the mount's lowerdir= split
+// at ':', and would take the empty name of the store's "::" for the host's
+// root, giving a directory it makes (a file's parent the layer has no
+// entry for) the host directory's mode, owner and xattrs. It writes
+// straight into the upper directory and reads no lower file's content, so
+// the stubs' content is not needed there.
+func (s *snapshotter) dataDir(tx *metadata.Tx, rec metadata.Snapshot, lowers []string) string {
+	extracting := rec.Kind == snapshots.KindActive && rec.Labels[snapshots.LabelSnapshotRef] != ""
+	if !extracting && len(lowers) > 0 && tx.HasObjects(lowers[len(lowers)-1]) {
 		return s.store.Root()
 	}
 	return ""
@@ -104,19 +114,33 @@ func recordedUse(objs map[digest.Digest]objects.Use) map[digest.Digest]metadata.
 }
 
 // applySharing replaces the files of the committed layer dir that plan
-// converts with stubs, and ends the conversion the commit recorded. The
+// converts with stubs, and ends the conversion the commit recorded. When
+// plan is the whole conversion (not the rest of one a crash cut off), the
+// index then keeps only the objects of the stubs made. The
 // commit recorded the plan's objects, so every mount of the layer has the
 // store below, and each name reads its content at every step. A failure
 // leaves the files it concerns as they were, readable: it is logged, not
 // returned, since the commit is done.
-func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *objects.Plan) {
+func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *objects.Plan, whole bool) {
 	logger := log.G(ctx).WithField("layer", s.layout.layer(dir))
 	if err := s.apply(plan); err != nil {
 		logger.WithError(err).Error("failed to share every file of a layer; the layer stays readable, with fewer files shared")
 	} else {
 		logger.WithField("files", plan.Files()).Debug("shared files of a layer through the object store")
 	}
-	if err := s.db.Write(func(tx *metadata.Tx) error { return tx.EndConversion(dir) }); err != nil {
+	// For du and for Cleanup, which may delete the others.
+	err := s.db.Write(func(tx *metadata.Tx) error {
+		if !tx.DirInUse(dir) {
+			return nil // removed meanwhile: its objects went with it
+		}
+		if whole {
+			if err := tx.SetObjects(dir, recordedUse(plan.Objects())); err != nil {
+				return err
+			}
+		}
+		return tx.EndConversion(dir)
+	})
+	if err != nil {
 		logger.WithError(err).Warn("failed to record the end of a layer's conversion; the next start goes over it again")
 	}
 }
@@ -193,7 +217,7 @@ func (s *snapshotter) resumeConversions(ctx context.Context) error {
 		}
 		plan.Resume(func(d digest.Digest) bool { _, ok := objs[dir][d]; return ok }, abs)
 		log.G(ctx).WithField("layer", root).WithField("files", plan.Files()).Warn("finishing the conversion of a layer that a crash cut off")
-		s.applySharing(ctx, dir, plan)
+		s.applySharing(ctx, dir, plan, false)
 	}
 	return nil
 }

@@ -434,10 +434,13 @@ func TestShareFilesFailure(t *testing.T) {
 			t.Errorf("%s was not shared: %v", n, err)
 		}
 	}
-	// d's object was stored before its stub failed; it stays, an inode of
-	// its own, and goes with the layer.
-	if got, want := objectsIn(t, root), digests(files["a"], files["c"], files["0locked/d"]); !equalDigests(got, want) {
-		t.Fatalf("objects %v, want a's, c's and d's %v", got, want)
+	// d's object was stored before its stub failed: it is released, and
+	// Cleanup deletes it.
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := objectsIn(t, root), digests(files["a"], files["c"]); !equalDigests(got, want) {
+		t.Fatalf("objects %v, want a's and c's %v", got, want)
 	}
 }
 
@@ -491,9 +494,9 @@ func TestSharedChainRefusesMapping(t *testing.T) {
 }
 
 // TestFsckObjects: fsck reports a stub whose object is missing, and with
-// VerifyObjects an object whose content is not its name's; an object no
-// layer stands on is garbage for start-up and fsck --repair alike, while
-// one that only an unindexed layer's stubs stand on is kept with the layer.
+// VerifyObjects an object whose content is not its name's; an object the
+// index never released is kept until fsck --discard-unindexed, and one that
+// only an unindexed layer's stubs stand on is kept with the layer.
 func TestFsckObjects(t *testing.T) {
 	sn, root := newTestSnapshotter(t, WithShareFiles(true))
 	ctx := context.Background()
@@ -523,28 +526,31 @@ func TestFsckObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// An object of no layer: garbage, for fsck --repair and start-up.
+	// An object the index neither records nor released (an index older
+	// than it, or damaged): kept by start-up and fsck --repair, reported,
+	// and deleted only by fsck --discard-unindexed.
 	orphan := randomBytes(t, 100)
 	orphanPath := filepath.Join(root, objectsDir, objectPath(digest.FromBytes(orphan)))
-	plantOrphan := func() {
-		writeFile(t, orphanPath, orphan, 0o644)
-	}
-	plantOrphan()
-	fsckSays(t, root, FsckOptions{}, orphanPath+" belongs to no snapshot (an object no layer's stubs stand for)")
-	r := fsckSays(t, root, FsckOptions{Repair: true})
-	if exists(orphanPath) || len(r.Findings) != 0 {
-		t.Fatalf("fsck --repair left the orphan object (%v) or findings %q", exists(orphanPath), r.Findings)
-	}
-	plantOrphan()
+	writeFile(t, orphanPath, orphan, 0o644)
+	fsckSays(t, root, FsckOptions{Repair: true}, orphanPath+" is not recorded by the index but is not garbage (an object the index neither records nor released")
 	again, err := New(ctx, root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if exists(orphanPath) {
-		t.Fatal("start-up left the orphan object")
+	if err := again.Cleanup(ctx); err != nil {
+		t.Fatal(err)
 	}
 	sameTree(t, "the layer after start-up", map[string]string{".": "", "f": ""}, keysOnly(viewSees(t, again, "layer")))
 	again.Close()
+	if !exists(orphanPath) {
+		t.Fatal("start-up or Cleanup deleted an object the index never released")
+	}
+	if _, err := Fsck(ctx, root, FsckOptions{DiscardUnindexed: true}); err != nil {
+		t.Fatal(err)
+	}
+	if exists(orphanPath) || !exists(obj) {
+		t.Fatalf("fsck --discard-unindexed: orphan left %v, the layer's object kept %v", exists(orphanPath), exists(obj))
+	}
 
 	// An older index put back, which does not record the layer: the layer
 	// is kept as unindexed, and so is its object.
@@ -681,5 +687,16 @@ func TestShareFilesResumedAfterCrash(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestShareFilesNeedsSyncOnCommit: share_files without sync_on_commit is
+// refused at start, saying why: an object stands for the files of other
+// images than the one whose commit wrote it.
+func TestShareFilesNeedsSyncOnCommit(t *testing.T) {
+	testutil.RequiresRoot(t)
+	_, err := New(context.Background(), t.TempDir(), WithShareFiles(true), WithCommitSync(false))
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "sync_on_commit") {
+		t.Fatalf("share_files without sync_on_commit: %v, want InvalidArgument naming sync_on_commit", err)
 	}
 }

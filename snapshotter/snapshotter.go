@@ -170,6 +170,11 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		return nil, fmt.Errorf("overlayfs is not usable under %s: %w", root, err)
 	}
 	if c.shareFiles {
+		if !c.commitSync {
+			// An object is a layer's file that other images' layers then
+			// stand for: a write a power loss undid would damage them.
+			return nil, fmt.Errorf("share_files needs sync_on_commit = true: a shared file's content is stored once for every image that holds it, and must be on disk before they stand on it: %w", errdefs.ErrInvalidArgument)
+		}
 		if err := probeSharing(l, options); err != nil {
 			return nil, fmt.Errorf("share_files: this kernel or the filesystem under %s cannot share files across layers (turn share_files off): %w: %w", root, err, errdefs.ErrFailedPrecondition)
 		}
@@ -489,7 +494,7 @@ func (s *snapshotter) mountRequest(tx *metadata.Tx, rec metadata.Snapshot, lower
 		Parents:  parents,
 		Options:  s.options,
 		Mapping:  mapping.options(),
-		DataDir:  s.dataDir(tx, lowers),
+		DataDir:  s.dataDir(tx, rec, lowers),
 	}
 	if extractsUpperLayer(rec) {
 		req.EmptyLower = s.layout.empty()
@@ -572,7 +577,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 		return exhaustedOnFullDisk(err)
 	}
 	if plan != nil {
-		s.applySharing(ctx, rec.DirName, plan)
+		s.applySharing(ctx, rec.DirName, plan, true)
 		if s.flusher != nil {
 			if err := s.flusher.flush(); err != nil {
 				log.G(ctx).WithError(err).WithField("key", name).Error("failed to flush a layer's stubs to disk")
@@ -719,31 +724,29 @@ func (s *snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, fs ...str
 // deletes what no snapshot owns: leftovers of removals and of operations
 // interrupted by a crash. ownership.go decides which is which.
 func (s *snapshotter) Cleanup(ctx context.Context) error {
-	_, err := s.tidy(ctx)
+	_, err := s.tidy(ctx, false)
 	return err
 }
 
-// tidy acts on the survey of the root: restores inside a write transaction,
-// which keeps Prepare and Remove (they move directories inside theirs) out
-// while the disk is compared with the index; deletions after it. It returns
-// the survey.
-func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
+// tidy acts on the survey of the root (of the whole object store with
+// wholeStore, else of its released objects): restores inside a write
+// transaction, which keeps Prepare and Remove (they move directories inside
+// theirs) out while the disk is compared with the index; deletions of
+// directories after it. It returns the survey.
+func (s *snapshotter) tidy(ctx context.Context, wholeStore bool) ([]stray, error) {
 	var strays []stray
 	err := s.db.Write(func(tx *metadata.Tx) error {
 		recorded, err := recordedOwners(tx)
 		if err != nil {
 			return err
 		}
-		if strays, err = s.layout.survey(recorded, s.busy); err != nil {
+		if strays, err = s.layout.survey(recorded, s.busy, wholeStore); err != nil {
+			return err
+		}
+		if err := s.deleteReleased(ctx, tx, strays, recorded.released); err != nil {
 			return err
 		}
 		for _, st := range strays {
-			if st.fate == garbage && st.object {
-				// Now: once the transaction ends, a Commit may
-				// record the object again before it links it.
-				deleteObject(ctx, st)
-				continue
-			}
 			if st.fate != restore {
 				continue
 			}
@@ -769,17 +772,43 @@ func (s *snapshotter) tidy(ctx context.Context) ([]stray, error) {
 	return strays, nil
 }
 
+// deleteReleased deletes the released objects the survey found garbage,
+// inside the transaction that found them unowned (once it ends, a Commit
+// may record one again before it links it), and forgets every release
+// settled: deleted, gone, or another layer's again.
+func (s *snapshotter) deleteReleased(ctx context.Context, tx *metadata.Tx, strays []stray, released map[digest.Digest]bool) error {
+	unsettled := map[digest.Digest]bool{}
+	for _, st := range strays {
+		if st.object && st.fate == garbage {
+			if !deleteObject(ctx, st) {
+				unsettled[st.digest] = true
+			}
+		}
+	}
+	for d := range released {
+		if !unsettled[d] {
+			if err := tx.Unrelease(d); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // recordedOwners is what the index gives to snapshots: directory names, by
 // its directory index and by the records themselves, so that a damaged
-// index entry never makes a snapshot's directory look unowned; and the
-// objects recorded for any directory.
+// index entry never makes a snapshot's directory look unowned; the objects
+// recorded for any directory; and the objects it released.
 func recordedOwners(tx *metadata.Tx) (owned, error) {
-	o := owned{dirs: map[string]bool{}, objects: map[digest.Digest]bool{}}
+	o := owned{dirs: map[string]bool{}, objects: map[digest.Digest]bool{}, released: map[digest.Digest]bool{}}
 	for name := range tx.Dirs() {
 		o.dirs[name] = true
 	}
 	for d := range tx.Objects() {
 		o.objects[d] = true
+	}
+	for _, d := range tx.Released() {
+		o.released[d] = true
 	}
 	err := tx.Walk(func(rec metadata.Snapshot) error {
 		o.dirs[rec.DirName] = true
@@ -788,13 +817,15 @@ func recordedOwners(tx *metadata.Tx) (owned, error) {
 	return o, err
 }
 
-// deleteObject removes an object no layer owns.
-func deleteObject(ctx context.Context, st stray) {
+// deleteObject removes an object no layer owns, and reports whether it is
+// gone.
+func deleteObject(ctx context.Context, st stray) bool {
 	if err := os.Remove(st.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).WithField("path", st.path).Warn("failed to delete an object no layer owns; Cleanup will retry")
-		return
+		return false
 	}
 	log.G(ctx).WithField("path", st.path).Debug("deleted an object no layer owns")
+	return true
 }
 
 // busy reports whether a background deletion or a conversion is working on
@@ -808,7 +839,7 @@ func (s *snapshotter) busy(path string) bool {
 // reconcile runs at start, before anything is served: it tidies the root
 // and tells the operator about what it cannot fix.
 func (s *snapshotter) reconcile(ctx context.Context) error {
-	strays, err := s.tidy(ctx)
+	strays, err := s.tidy(ctx, true)
 	if err != nil {
 		return fmt.Errorf("reconcile index with disk: %w", err)
 	}
@@ -817,7 +848,7 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 		case foreign:
 			log.G(ctx).WithField("path", st.path).Warn("entry under strata's root is not one strata makes; leaving it alone")
 		case unindexed:
-			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Warn("directory the index does not record, but not garbage; keeping it: put back the index that records it, or run strata-snapshotter fsck --discard-unindexed")
+			log.G(ctx).WithField("path", st.path).WithField("reason", st.why).Warn("entry the index does not record, but not garbage; keeping it: put back the index that records it, or run strata-snapshotter fsck --discard-unindexed")
 		}
 	}
 	return s.db.View(func(tx *metadata.Tx) error {
