@@ -57,7 +57,8 @@ type Leaf struct {
 	// TotalBytes is its own layer and every layer below it.
 	TotalBytes int64 `json:"total_bytes"`
 	// UniqueBytes are the layers of its chain no other leaf stands on:
-	// what removing it and the layers only it uses would free.
+	// what removing it and the layers only it uses would free (a content
+	// its layers' files hold more than once, shared, counted once).
 	UniqueBytes int64 `json:"unique_bytes"`
 	// SharedBytes are the layers of its chain other leaves stand on too.
 	SharedBytes int64 `json:"shared_bytes"`
@@ -160,6 +161,7 @@ func Compute(nodes []Node) (Report, error) {
 				unique[byKey[k].stored()] = true
 			}
 		}
+		mine := map[string]bool{} // objects only its own layers hold, counted once
 		for _, k := range chain {
 			n := byKey[k]
 			l.TotalBytes += n.Bytes
@@ -167,14 +169,17 @@ func Compute(nodes []Node) (Report, error) {
 				l.SharedBytes += n.Bytes
 				continue
 			}
-			l.UniqueBytes += n.Bytes
+			l.UniqueBytes += n.Bytes - n.stubBytes()
 			for d, o := range n.Objects {
-				if heldElsewhere(holders[d], unique) {
+				switch {
+				case heldElsewhere(holders[d], unique):
 					l.FileSharedBytes += o.Size * o.Files
+				case !mine[d]:
+					mine[d] = true
+					l.UniqueBytes += o.Size
 				}
 			}
 		}
-		l.UniqueBytes -= l.FileSharedBytes
 		r.LogicalBytes += l.TotalBytes
 		r.Leaves = append(r.Leaves, l)
 	}
