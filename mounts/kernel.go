@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay/overlayutils"
@@ -67,16 +68,44 @@ func Probe(td string, options []string) error {
 	return nil
 }
 
-// MountedUnder lists the mount points at or below dir. A directory holding one
-// must not be deleted: the deletion would reach into the mounted filesystem.
-func MountedUnder(dir string) ([]string, error) {
-	infos, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+// InUse lists the mount points that use dir: those at or below it, and the
+// overlay mounts with a lower, upper or work directory at or below it (a
+// running container's root on a layer). A directory in use must not be
+// deleted: the deletion would reach into the mounted filesystem, or take
+// the files from under a container.
+func InUse(dir string) ([]string, error) {
+	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
 	}
-	points := make([]string, 0, len(infos))
+	var points []string
 	for _, i := range infos {
-		points = append(points, i.Mountpoint)
+		if within(i.Mountpoint, dir) || i.FSType == "overlay" && overlayUses(i.VFSOptions, dir) {
+			points = append(points, i.Mountpoint)
+		}
 	}
 	return points, nil
+}
+
+// overlayUses reports whether an overlay's options name dir, or a
+// directory below it, as a layer. containerd may have given lower
+// directories relative to their parent (mount.All shortens long option
+// strings so): such a name counts when it is dir's own.
+func overlayUses(options, dir string) bool {
+	for _, o := range strings.Split(options, ",") {
+		key, value, _ := strings.Cut(o, "=")
+		if key != "lowerdir" && key != "upperdir" && key != "workdir" {
+			continue
+		}
+		for _, p := range strings.Split(value, ":") {
+			if p != "" && (within(p, dir) || !filepath.IsAbs(p) && p == filepath.Base(dir)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func within(p, dir string) bool {
+	return p == dir || strings.HasPrefix(p, dir+"/")
 }

@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-snapshotter/strata/metadata"
+	"github.com/strata-snapshotter/strata/mounts"
 	"github.com/strata-snapshotter/strata/objects"
 )
 
@@ -267,6 +269,10 @@ func (r *FsckReport) remove(ctx context.Context, path string) {
 	deleteDir(ctx, path)
 	if !exists(path) {
 		r.Removed = append(r.Removed, path)
+		return
+	}
+	if points, err := mounts.InUse(path); err == nil && len(points) > 0 {
+		r.Findings = append(r.Findings, fmt.Sprintf("kept %s: mounts use it (%s); stop the containers on strata and run fsck again", path, strings.Join(points, ", ")))
 	}
 }
 

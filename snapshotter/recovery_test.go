@@ -179,6 +179,60 @@ func refusedEveryTime(t *testing.T, root string, want string, is func(error) boo
 	}
 }
 
+// TestDiscardKeepsLayersUnderContainers: with the index lost and a
+// container still running on the store's layers (its root an overlay on
+// them), fsck --discard-unindexed keeps the layers it uses and says so; once
+// the container is gone, it deletes them.
+func TestDiscardKeepsLayersUnderContainers(t *testing.T) {
+	st := newStore(t)
+	// The container's root, as containerd's shim mounts it.
+	root := t.TempDir()
+	m := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{
+		"lowerdir=" + st.path(layersDir, st.dirs["top"]) + ":" + st.path(layersDir, st.dirs["base"]),
+		"upperdir=" + st.path(layersDir, st.dirs["ctr"]),
+		"workdir=" + st.path(workDir, st.dirs["ctr"]),
+	}}
+	if err := m.Mount(root); err != nil {
+		t.Fatal(err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			mount.UnmountAll(root, 0)
+		}
+	})
+	if err := os.Remove(st.path(dbFile)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Fsck(context.Background(), st.root, FsckOptions{DiscardUnindexed: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"base", "top", "ctr"} {
+		if !exists(st.path(layersDir, st.dirs[key])) {
+			t.Errorf("fsck --discard-unindexed deleted %s's layer under a running container", key)
+		}
+	}
+	if all := strings.Join(r.Findings, "\n"); !strings.Contains(all, "stop the containers on strata") {
+		t.Errorf("fsck does not say why it kept the layers: %q", r.Findings)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "f")); err != nil || string(b) != "base" {
+		t.Errorf("the container's root reads %q, %v", b, err)
+	}
+	if err := mount.UnmountAll(root, 0); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	if _, err := Fsck(context.Background(), st.root, FsckOptions{DiscardUnindexed: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"base", "top", "ctr"} {
+		if exists(st.path(layersDir, st.dirs[key])) {
+			t.Errorf("fsck --discard-unindexed kept %s's layer once no container used it", key)
+		}
+	}
+}
+
 // TestIndexLostOrEmpty: with layers on disk and the index missing, or an
 // empty file in its place, every start refuses and creates nothing, fsck
 // says the same, and only fsck --discard-unindexed deletes the layers, after

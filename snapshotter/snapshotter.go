@@ -671,18 +671,19 @@ func (s *snapshotter) deleteRemoved(ctx context.Context, dir string) {
 	}()
 }
 
-// deleteDir removes dir unless something is mounted at or below it. Failures
-// are logged: whoever asked has already decided the directory is garbage, and
-// Cleanup (or the next start) tries again.
+// deleteDir removes dir unless a mount uses it: something mounted at or
+// below it, or an overlay (a running container) standing on it. Failures
+// are logged: whoever asked has already decided the directory is garbage,
+// and Cleanup (or the next start) tries again.
 func deleteDir(ctx context.Context, dir string) {
 	logger := log.G(ctx).WithField("path", dir)
-	points, err := mounts.MountedUnder(dir)
+	points, err := mounts.InUse(dir)
 	if err != nil {
-		logger.WithError(err).Warn("not deleting directory: cannot tell whether something is mounted in it")
+		logger.WithError(err).Warn("not deleting directory: cannot tell whether a mount uses it")
 		return
 	}
 	if len(points) > 0 {
-		logger.WithField("mountpoints", points).Error("not deleting directory: something is still mounted in it")
+		logger.WithField("mountpoints", points).Error("not deleting directory: a mount still uses it (a container's root, or something mounted in it)")
 		return
 	}
 	if err := os.RemoveAll(dir); err != nil {
