@@ -104,8 +104,11 @@ install: build
 uninstall:
 	@if [ -z "$(DESTDIR)" ] && command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet strata 2>/dev/null; then \
 		echo "strata.service is enabled: run 'systemctl disable --now strata' first, and take strata out of containerd's config"; exit 1; fi
-	@if [ -z "$(DESTDIR)" ] && pids=$$(pgrep -x -d ' ' strata-snapshot); then \
-		echo "strata-snapshotter is running (pid $$pids): stop it first, and take strata out of containerd's config"; exit 1; fi
+	@# The installed binary's processes only, not another build's (a test's).
+	@pids=; if [ -z "$(DESTDIR)" ]; then for p in $$(pgrep -x strata-snapshot); do \
+		[ "$$(readlink /proc/$$p/exe)" = "$(BINDIR)/strata-snapshotter" ] && pids="$$pids $$p"; done; fi; \
+	if [ -n "$$pids" ]; then \
+		echo "strata-snapshotter is running (pid$$pids): stop it first, and take strata out of containerd's config"; exit 1; fi
 	@if [ -z "$(DESTDIR)" ] && grep -qs '^\[proxy_plugins\.strata\]' /etc/containerd/config.toml; then \
 		echo "/etc/containerd/config.toml registers strata: put back the backup containerd-config kept (config.toml.strata-backup-TIME) or delete its entries, restart containerd, then uninstall"; exit 1; fi
 	rm -f $(DESTDIR)$(BINDIR)/strata-snapshotter $(UNIT)

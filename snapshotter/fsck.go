@@ -239,7 +239,7 @@ func checkRecord(ctx context.Context, l layout, s metadata.Snapshot, restoring m
 		if err != nil {
 			add("snapshot %q: cannot measure %s: %v", s.Key, dir, err)
 		} else if u.Bytes != s.Usage.Bytes || u.Inodes != s.Usage.Inodes {
-			add("committed snapshot %q holds %d bytes in %d inodes, but %d bytes in %d inodes were stored at commit",
+			add("committed snapshot %q holds %d bytes in %d inodes, but %d bytes in %d inodes were stored at commit: its files were changed by hand; remove the images that use it and pull them again",
 				s.Key, u.Bytes, u.Inodes, s.Usage.Bytes, s.Usage.Inodes)
 		}
 	}
