@@ -98,8 +98,10 @@ func (s *snapshotter) planShare(ctx context.Context, rec metadata.Snapshot, pare
 	if err != nil {
 		return nil, fmt.Errorf("scan layer %s: %w", path, err)
 	}
-	if len(plan.Stripped) > 0 {
-		log.G(ctx).WithField("layer", path).WithField("files", plan.Stripped).Warn("stripped overlayfs's metacopy and redirect xattrs, which the image carried, from files of a layer: the kernel must follow only strata's")
+	if n := len(plan.Stripped); n > 0 {
+		// A few names: an image may carry millions.
+		log.G(ctx).WithField("layer", path).WithField("count", n).WithField("files", plan.Stripped[:min(n, 5)]).
+			Warn("stripped overlayfs's metacopy and redirect xattrs, which the image carried, from files of a layer: the kernel must follow only strata's")
 	}
 	return plan, nil
 }
@@ -231,6 +233,32 @@ func refuseMappedSharing(mapping *idMapping, data string) error {
 	}
 	return fmt.Errorf("the layers below share files through strata's object store (share_files), which containerd cannot mount for a user namespace: "+
 		"run this container without a user namespace, or pull its image with share_files off: %w", errdefs.ErrFailedPrecondition)
+}
+
+// checkSharing runs at start, under share_files or while layers share
+// files (the option turned off since): the kernel must read their stubs'
+// content, and the operator hears what containerd cannot do with them.
+func (s *snapshotter) checkSharing(ctx context.Context, on bool) error {
+	var shared bool
+	err := s.db.View(func(tx *metadata.Tx) error {
+		for _, dir := range tx.ObjectDirs() {
+			shared = shared || tx.HasObjects(dir)
+		}
+		return nil
+	})
+	if err != nil || !on && !shared {
+		return err
+	}
+	if err := probeSharing(s.layout, s.options); err != nil {
+		what := "share_files"
+		if !on {
+			what = "layers share files (share_files was on)"
+		}
+		return fmt.Errorf("%s: this kernel or the filesystem under %s cannot read a shared file: %w: %w", what, s.layout.root, err, errdefs.ErrFailedPrecondition)
+	}
+	log.G(ctx).WithField("share_files", on).WithField("shared_layers", shared).
+		Warn("share_files is experimental: containerd 2.3 and later (its CRI plugin, ctr run) cannot create a container on an image whose bottom layer shares files; nerdctl 2.x and BuildKit can (README: Sharing files across images)")
+	return nil
 }
 
 // probeSharing checks at start that the kernel reads the content of a stub

@@ -169,16 +169,10 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		}
 		return nil, fmt.Errorf("overlayfs is not usable under %s: %w", root, err)
 	}
-	if c.shareFiles {
-		if !c.commitSync {
-			// An object is a layer's file that other images' layers then
-			// stand for: a write a power loss undid would damage them.
-			return nil, fmt.Errorf("share_files needs sync_on_commit = true: a shared file's content is stored once for every image that holds it, and must be on disk before they stand on it: %w", errdefs.ErrInvalidArgument)
-		}
-		if err := probeSharing(l, options); err != nil {
-			return nil, fmt.Errorf("share_files: this kernel or the filesystem under %s cannot share files across layers (turn share_files off): %w: %w", root, err, errdefs.ErrFailedPrecondition)
-		}
-		log.G(ctx).Warn("share_files is experimental: containerd 2.3 and later (its CRI plugin, ctr run) cannot create a container on an image whose bottom layer shares files; nerdctl 2.x and BuildKit can (README: Sharing files across images)")
+	if c.shareFiles && !c.commitSync {
+		// An object is a layer's file that other images' layers then
+		// stand for: a write a power loss undid would damage them.
+		return nil, fmt.Errorf("share_files needs sync_on_commit = true: a shared file's content is stored once for every image that holds it, and must be on disk before they stand on it: %w", errdefs.ErrInvalidArgument)
 	}
 	store, err := objects.New(l.objectsRoot())
 	if err != nil {
@@ -204,6 +198,10 @@ func New(ctx context.Context, root string, opts ...Opt) (_ Snapshotter, err erro
 		minShared:  c.minShared,
 	}
 	if err := s.reconcile(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.checkSharing(ctx, c.shareFiles); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -856,11 +854,22 @@ func (s *snapshotter) reconcile(ctx context.Context) error {
 		return tx.Walk(func(rec metadata.Snapshot) error {
 			if !exists(s.layout.layer(rec.DirName)) {
 				log.G(ctx).WithField("key", rec.Key).WithField("path", s.layout.layer(rec.DirName)).
-					Error("snapshot's directory is missing; its contents are lost: remove the snapshot through containerd (ctr -n NAMESPACE snapshots --snapshotter strata rm KEY, or remove the image or container that uses it) and pull again")
+					Errorf("snapshot's directory is missing; its contents are lost: remove the snapshot through containerd (%s, or remove the image or container that uses it) and pull again", removeCommand(rec.Key))
 			}
 			return nil
 		})
 	})
+}
+
+// removeCommand is the ctr command that removes the snapshot containerd
+// keeps as key (NAMESPACE/ID/NAME, as its metadata store names the keys it
+// gives a proxy snapshotter).
+func removeCommand(key string) string {
+	parts := strings.SplitN(key, "/", 3)
+	if len(parts) != 3 {
+		return "ctr snapshots --snapshotter strata rm KEY"
+	}
+	return fmt.Sprintf("ctr -n %s snapshots --snapshotter strata rm %s", parts[0], parts[2])
 }
 
 // warnIfDeepChainsCannotMount tells the operator at start when the root path

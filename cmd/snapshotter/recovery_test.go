@@ -91,17 +91,21 @@ func TestLostIndexRefusedUntilOperatorActs(t *testing.T) {
 // snapshot and what to do about it.
 func TestMissingLayerReported(t *testing.T) {
 	testutil.RequiresRoot(t)
-	root := storeWithLayer(t)
+	// One layer, under a key as containerd's metadata store names it.
+	root := t.TempDir()
+	d := startDaemon(t, root)
+	writeLayer(t, d.snapshotter(), "default/2/extract", "", "default/1/sha256:abc", 100)
+	d.stop()
 	layers, err := filepath.Glob(filepath.Join(root, "layers", "??????"))
-	if err != nil || len(layers) == 0 {
+	if err != nil || len(layers) != 1 {
 		t.Fatalf("layers of the store: %v, %v", layers, err)
 	}
 	if err := os.RemoveAll(layers[0]); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, root)
+	d = startDaemon(t, root)
 	d.stop()
-	for _, want := range []string{"its contents are lost", layers[0], "snapshots --snapshotter strata rm", "pull again"} {
+	for _, want := range []string{"its contents are lost", layers[0], "ctr -n default snapshots --snapshotter strata rm sha256:abc", "pull again"} {
 		if !strings.Contains(d.logs(), want) {
 			t.Fatalf("start-up log does not say %q:\n%s", want, d.logs())
 		}
