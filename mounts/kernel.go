@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -73,14 +74,20 @@ func Probe(td string, options []string) error {
 // running container's root on a layer). A directory in use must not be
 // deleted: the deletion would reach into the mounted filesystem, or take
 // the files from under a container.
-func InUse(dir string) ([]string, error) {
+func InUse(dir string) ([]string, error) { return usedBy(dir, true) }
+
+// OverlaysOn lists the mount points of the overlays with a lower, upper or
+// work directory at or below dir: the running containers on a layer.
+func OverlaysOn(dir string) ([]string, error) { return usedBy(dir, false) }
+
+func usedBy(dir string, mountedIn bool) ([]string, error) {
 	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
 	}
 	var points []string
 	for _, i := range infos {
-		if within(i.Mountpoint, dir) || i.FSType == "overlay" && overlayUses(i.VFSOptions, dir) {
+		if mountedIn && within(i.Mountpoint, dir) || i.FSType == "overlay" && overlayUses(i.VFSOptions, dir) {
 			points = append(points, i.Mountpoint)
 		}
 	}
@@ -94,16 +101,38 @@ func InUse(dir string) ([]string, error) {
 func overlayUses(options, dir string) bool {
 	for _, o := range strings.Split(options, ",") {
 		key, value, _ := strings.Cut(o, "=")
-		if key != "lowerdir" && key != "upperdir" && key != "workdir" {
+		switch key {
+		case "lowerdir", "upperdir", "workdir", "lowerdir+", "datadir+":
+		default:
 			continue
 		}
-		for _, p := range strings.Split(value, ":") {
+		for _, p := range strings.Split(unescapeOctal(value), ":") {
 			if p != "" && (within(p, dir) || !filepath.IsAbs(p) && p == filepath.Base(dir)) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// unescapeOctal undoes the kernel's escapes in mount options (\040 for a
+// space, \054 for a comma, \134 for a backslash).
+func unescapeOctal(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 func within(p, dir string) bool {

@@ -220,3 +220,23 @@ func TestDeepChainMountsWithMapping(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestOverlayUses(t *testing.T) {
+	for _, tc := range []struct {
+		options, dir string
+		want         bool
+	}{
+		{"rw,lowerdir=/r/layers/AAAAAA:/r/layers/BBBBBB,upperdir=/r/layers/CCCCCC,workdir=/r/work/CCCCCC", "/r/layers/BBBBBB", true},
+		{"rw,lowerdir=/r/layers/AAAAAA,upperdir=/r/layers/CCCCCC,workdir=/r/work/CCCCCC", "/r/work/CCCCCC", true},
+		{"rw,lowerdir=/r/layers/AAAAAA::/r/objects", "/r/objects", true},
+		{"rw,lowerdir=AAAAAA:BBBBBB", "/r/layers/BBBBBB", true}, // compacted by containerd
+		{"rw,lowerdir+=/r/layers/AAAAAA,datadir+=/r/objects", "/r/layers/AAAAAA", true},
+		{"rw,lowerdir=/r/sp\\040ace/AAAAAA", "/r/sp ace", true},
+		{"rw,lowerdir=/r/layers/AAAAAA", "/r/layers/AAAAA", false},
+		{"rw,lowerdir=/r/layers/AAAAAA,upperdir=/other/up", "/r/layers/BBBBBB", false},
+	} {
+		if got := overlayUses(tc.options, tc.dir); got != tc.want {
+			t.Errorf("overlayUses(%q, %q) = %v, want %v", tc.options, tc.dir, got, tc.want)
+		}
+	}
+}

@@ -34,7 +34,10 @@ type group struct {
 	paths  []string
 	digest digest.Digest
 	size   int64
-	failed bool // Apply could not make its stub
+	// unlinked: Apply could not store its content, and left every name
+	// as it was. (A stub that fails after some names were replaced leaves
+	// those stubs: its object stays the layer's.)
+	unlinked bool
 }
 
 // Use is how a converted layer uses one object.
@@ -44,12 +47,12 @@ type Use struct {
 }
 
 // Objects are the objects the plan's stubs stand for: what the index
-// records before Apply makes the stubs, and after it, those of the stubs it
-// made.
+// records before Apply makes the stubs, and after it, all but those it
+// could not store (whose files it left as they were).
 func (p *Plan) Objects() map[digest.Digest]Use {
 	objs := make(map[digest.Digest]Use, len(p.groups))
 	for _, g := range p.groups {
-		if g.failed {
+		if g.unlinked {
 			continue
 		}
 		u := objs[g.digest]
@@ -237,12 +240,11 @@ func (p *Plan) Apply(s Store, tmp string) (err error) {
 	for i := range p.groups {
 		g := &p.groups[i]
 		if err := s.Link(g.paths[0], g.digest); err != nil {
-			g.failed = true
+			g.unlinked = true
 			errs = append(errs, err)
 			continue
 		}
 		if err := Stub(g.digest, tmp, g.paths...); err != nil {
-			g.failed = true
 			errs = append(errs, err, s.detach(g.paths[0], g.digest, tmp))
 		}
 	}

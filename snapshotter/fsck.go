@@ -272,7 +272,10 @@ func (r *FsckReport) remove(ctx context.Context, path string) {
 		return
 	}
 	if points, err := mounts.InUse(path); err == nil && len(points) > 0 {
-		r.Findings = append(r.Findings, fmt.Sprintf("kept %s: mounts use it (%s); stop the containers on strata and run fsck again", path, strings.Join(points, ", ")))
+		f := fmt.Sprintf("kept %s: mounts use it (%s); stop the containers on strata and run fsck again", path, strings.Join(points, ", "))
+		if !slices.Contains(r.Findings, f) {
+			r.Findings = append(r.Findings, f)
+		}
 	}
 }
 
@@ -300,14 +303,18 @@ func discardUnindexed(ctx context.Context, l layout) (FsckReport, error) {
 			return FsckReport{}, err
 		}
 	}
-	strays, err := l.survey(recorded, func(string) bool { return false }, true)
-	if err != nil {
-		return FsckReport{}, err
-	}
+	// Twice: the objects of the layers the first pass deletes are the
+	// second's (their stubs owned them while the layers were there).
 	var r FsckReport
-	for _, st := range strays {
-		if st.fate == unindexed || (!indexed && st.fate == garbage) {
-			r.remove(ctx, st.path)
+	for range 2 {
+		strays, err := l.survey(recorded, func(string) bool { return false }, true)
+		if err != nil {
+			return r, err
+		}
+		for _, st := range strays {
+			if (st.fate == unindexed || (!indexed && st.fate == garbage)) && !slices.Contains(r.Removed, st.path) {
+				r.remove(ctx, st.path)
+			}
 		}
 	}
 	if !indexed {

@@ -150,7 +150,7 @@ func (l layout) survey(recorded owned, busy func(string) bool, wholeStore bool) 
 // objects alone, without wholeStore): an object is owned when the index
 // records it or a stub in a kept (unindexed) layer stands for it.
 func (l layout) objectStrays(recorded owned, kept map[string]bool, wholeStore bool) ([]stray, error) {
-	if !exists(l.objectsRoot()) {
+	if !exists(l.objectsRoot()) || !wholeStore && len(recorded.released) == 0 {
 		return nil, nil
 	}
 	owns := maps.Clone(recorded.objects)

@@ -233,6 +233,45 @@ func TestDiscardKeepsLayersUnderContainers(t *testing.T) {
 	}
 }
 
+// TestRemoveRefusedUnderContainer: removing the snapshot a running
+// container's root stands on (ctr snapshots rm) is refused, and its files
+// and record stay; once the container is gone, it is removed.
+func TestRemoveRefusedUnderContainer(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithSyncRemove)
+	ctx := context.Background()
+	commitLayer(t, sn, "base", "", map[string]string{"f": "base"})
+	ms, err := sn.Prepare(ctx, "ctr", "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if err := mount.All(ms, root); err != nil {
+		t.Fatal(err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			mount.UnmountAll(root, 0)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(root, "written"), []byte("by the container"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Remove(ctx, "ctr"); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), root) {
+		t.Fatalf("remove of a running container's snapshot: %v, want FailedPrecondition naming its mount", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(root, "written")); err != nil || string(b) != "by the container" {
+		t.Fatalf("the container's file after the refused remove: %q, %v", b, err)
+	}
+	if err := mount.UnmountAll(root, 0); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	if err := sn.Remove(ctx, "ctr"); err != nil {
+		t.Fatalf("remove once the container is gone: %v", err)
+	}
+}
+
 // TestIndexLostOrEmpty: with layers on disk and the index missing, or an
 // empty file in its place, every start refuses and creates nothing, fsck
 // says the same, and only fsck --discard-unindexed deletes the layers, after

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -60,7 +61,9 @@ func WithShareFiles(on bool) Opt { return func(c *config) { c.shareFiles = on } 
 // dataDir is the object store when rec, on the lower directories lowers,
 // stands on a layer with stubs, and "" when its mounts need no store.
 //
-// A snapshot containerd extracts a layer into gets none: containerd's
+// A snapshot containerd extracts a layer into (labelled with the layer's
+// chain id by containerd's unpacker, or named extract-... as containerd's
+// and BuildKit's unpackers name it) gets none: containerd's
 // applier reads the parents of its layer from the mount's lowerdir= split
 // at ':', and would take the empty name of the store's "::" for the host's
 // root, giving a directory it makes (a file's parent the layer has no
@@ -68,11 +71,18 @@ func WithShareFiles(on bool) Opt { return func(c *config) { c.shareFiles = on } 
 // straight into the upper directory and reads no lower file's content, so
 // the stubs' content is not needed there.
 func (s *snapshotter) dataDir(tx *metadata.Tx, rec metadata.Snapshot, lowers []string) string {
-	extracting := rec.Kind == snapshots.KindActive && rec.Labels[snapshots.LabelSnapshotRef] != ""
-	if !extracting && len(lowers) > 0 && tx.HasObjects(lowers[len(lowers)-1]) {
+	if !extracting(rec) && len(lowers) > 0 && tx.HasObjects(lowers[len(lowers)-1]) {
 		return s.store.Root()
 	}
 	return ""
+}
+
+// extracting reports whether rec is a snapshot an unpacker extracts a layer
+// into.
+func extracting(rec metadata.Snapshot) bool {
+	name := rec.Key[strings.LastIndex(rec.Key, "/")+1:]
+	return rec.Kind == snapshots.KindActive &&
+		(rec.Labels[snapshots.LabelSnapshotRef] != "" || strings.HasPrefix(name, snapshots.UnpackKeyPrefix+"-"))
 }
 
 // commitParent is the key of the snapshot that rec will be committed onto:
@@ -129,6 +139,15 @@ func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *object
 		logger.WithError(err).Error("failed to share every file of a layer; the layer stays readable, with fewer files shared")
 	} else {
 		logger.WithField("files", plan.Files()).Debug("shared files of a layer through the object store")
+	}
+	// The stubs on disk before the index says the conversion ended: else
+	// a power loss could leave a file linked into the store, and nothing
+	// to finish it.
+	if s.flusher != nil {
+		if err := s.flusher.flush(); err != nil {
+			logger.WithError(err).Error("failed to flush a layer's stubs to disk; the next start goes over its conversion again")
+			return
+		}
 	}
 	// For du and for Cleanup, which may delete the others.
 	err := s.db.Write(func(tx *metadata.Tx) error {

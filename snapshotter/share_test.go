@@ -434,13 +434,14 @@ func TestShareFilesFailure(t *testing.T) {
 			t.Errorf("%s was not shared: %v", n, err)
 		}
 	}
-	// d's object was stored before its stub failed: it is released, and
-	// Cleanup deletes it.
+	// b's content was never stored, so b's record goes; d's was stored
+	// before its stub failed, and stays the layer's (a stub that fails
+	// may have replaced some names of a hard-link group already).
 	if err := sn.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := objectsIn(t, root), digests(files["a"], files["c"]); !equalDigests(got, want) {
-		t.Fatalf("objects %v, want a's and c's %v", got, want)
+	if got, want := objectsIn(t, root), digests(files["a"], files["c"], files["0locked/d"]); !equalDigests(got, want) {
+		t.Fatalf("objects %v, want a's, c's and d's %v", got, want)
 	}
 }
 
@@ -569,6 +570,13 @@ func TestFsckObjects(t *testing.T) {
 		t.Fatal("start-up and Cleanup deleted the object of an unindexed layer")
 	}
 	fsckSays(t, root, FsckOptions{}, "is not recorded by the index but is not garbage")
+	// Discarded, the layer takes its object with it.
+	if _, err := Fsck(ctx, root, FsckOptions{DiscardUnindexed: true}); err != nil {
+		t.Fatal(err)
+	}
+	if exists(obj) {
+		t.Fatal("fsck --discard-unindexed left the object of the layer it discarded")
+	}
 }
 
 func keysOnly(m map[string]string) map[string]string {
@@ -698,5 +706,75 @@ func TestShareFilesNeedsSyncOnCommit(t *testing.T) {
 	_, err := New(context.Background(), t.TempDir(), WithShareFiles(true), WithCommitSync(false))
 	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "sync_on_commit") {
 		t.Fatalf("share_files without sync_on_commit: %v, want InvalidArgument naming sync_on_commit", err)
+	}
+}
+
+// TestShareFilesPartialGroup: a hard-link group whose stub replaced some of
+// its names before it failed on another (here one in an immutable
+// directory) keeps its object: those names stand for it, and read their
+// content after Cleanup.
+func TestShareFilesPartialGroup(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
+	content := randomBytes(t, 32<<10)
+	ms, err := sn.Prepare(ctx, "active", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WithMount(t, ms, func(dir string) {
+		writeFile(t, filepath.Join(dir, "a"), content, 0o644)
+		for _, p := range []string{"b", "locked/c"} {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Link(filepath.Join(dir, "a"), filepath.Join(dir, p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	locked := filepath.Join(sn.layout.layer(layerOf(t, ms)), "locked")
+	setFlag(t, locked, fsImmutableFL, true)
+	t.Cleanup(func() { setFlag(t, locked, fsImmutableFL, false) })
+	if err := sn.Commit(ctx, "layer", "active"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sn.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	view, err := sn.View(ctx, "v", "layer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WithMount(t, view, func(dir string) {
+		for _, p := range []string{"a", "b", "locked/c"} {
+			if got, err := os.ReadFile(filepath.Join(dir, p)); err != nil || !bytes.Equal(got, content) {
+				t.Errorf("%s reads %d bytes (%v) after Cleanup", p, len(got), err)
+			}
+		}
+	})
+}
+
+// TestExtractionGetsNoStore: a snapshot an unpacker extracts a layer into
+// (containerd's, labelled with the layer's chain id; BuildKit's, only named
+// extract-...) gets no object store below, so containerd's applier does not
+// take the empty name of "::" for the host's root; a container's snapshot
+// on the same layers does.
+func TestExtractionGetsNoStore(t *testing.T) {
+	sn, _ := newTestSnapshotter(t, WithShareFiles(true))
+	ctx := context.Background()
+	build(t, sn, "base", "", func(dir string) { writeFile(t, filepath.Join(dir, "big"), randomBytes(t, 32<<10), 0o644) })
+	for key, opts := range map[string][]snapshots.Opt{
+		"default/1/extract-1 sha256:abc": nil,
+		"default/2/unpack-me":            {snapshots.WithLabels(map[string]string{snapshots.LabelSnapshotRef: "sha256:abc"})},
+		"default/3/container":            nil,
+	} {
+		ms, err := sn.Prepare(ctx, key, "base", opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		store := strings.Contains(strings.Join(ms[0].Options, ","), "::")
+		if want := key == "default/3/container"; store != want {
+			t.Errorf("%s: the store below: %v, want %v (%v)", key, store, want, ms[0].Options)
+		}
 	}
 }

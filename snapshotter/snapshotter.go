@@ -576,11 +576,6 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...snap
 	}
 	if plan != nil {
 		s.applySharing(ctx, rec.DirName, plan, true)
-		if s.flusher != nil {
-			if err := s.flusher.flush(); err != nil {
-				log.G(ctx).WithError(err).WithField("key", name).Error("failed to flush a layer's stubs to disk")
-			}
-		}
 	}
 	return nil
 }
@@ -610,6 +605,15 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		}
 		if tx.DirInUse(rec.DirName) {
 			return nil // the layer's directory is also another snapshot's
+		}
+		// A running container's root on it (ctr snapshots rm of a
+		// container's snapshot): its files stay, and so does the record.
+		for _, dir := range []string{s.layout.layer(rec.DirName), s.layout.work(rec.DirName)} {
+			if points, err := mounts.OverlaysOn(dir); err != nil {
+				return fmt.Errorf("check whether a mount uses %q: %w", key, err)
+			} else if len(points) > 0 {
+				return fmt.Errorf("snapshot %q is in use by the overlay mounted at %s (a running container's root?); stop it first: %w", key, points[0], errdefs.ErrFailedPrecondition)
+			}
 		}
 		// The layer, then its work directory (active snapshots only), go
 		// to rm- names, which no new snapshot can be given.
