@@ -174,6 +174,21 @@ func openMigrated(t *testing.T, path string, check func(*Tx)) {
 	}
 }
 
+// downgrade rewrites the index at path as a strata of schema version wrote
+// it: without the buckets that version did not have.
+func downgrade(t *testing.T, path string, version uint32, buckets ...[]byte) {
+	t.Helper()
+	editFile(t, path, func(tx *bolt.Tx) error {
+		root := tx.Bucket(bucketRoot)
+		for _, b := range buckets {
+			if err := root.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, version))
+	})
+}
+
 // TestMigrateSchema2: an index of schema 2 has no refs index; opening it
 // builds one from the committed snapshots' layer labels, and lookups by
 // layer find them.
@@ -200,19 +215,7 @@ func TestMigrateSchema2(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	editFile(t, path, func(tx *bolt.Tx) error {
-		root := tx.Bucket(bucketRoot)
-		if err := root.DeleteBucket(bucketObjects); err != nil {
-			return err
-		}
-		if err := root.DeleteBucket(bucketReleased); err != nil {
-			return err
-		}
-		if err := root.DeleteBucket(bucketRefs); err != nil {
-			return err
-		}
-		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 2))
-	})
+	downgrade(t, path, 2, bucketObjects, bucketReleased, bucketRefs)
 	openMigrated(t, path, func(tx *Tx) {
 		if s, ok, err := tx.CommittedWithRef("sha256:layer", ""); err != nil || !ok || s.Key != "base" {
 			t.Errorf("layer lookup after migration: %q %v %v, want base", s.Key, ok, err)
@@ -232,16 +235,7 @@ func TestMigrateSchema3(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	editFile(t, path, func(tx *bolt.Tx) error {
-		root := tx.Bucket(bucketRoot)
-		if err := root.DeleteBucket(bucketObjects); err != nil {
-			return err
-		}
-		if err := root.DeleteBucket(bucketReleased); err != nil {
-			return err
-		}
-		return root.Put(keySchema, binary.BigEndian.AppendUint32(nil, 3))
-	})
+	downgrade(t, path, 3, bucketObjects, bucketReleased)
 	openMigrated(t, path, func(tx *Tx) {
 		if tx.HasObjects("DA") || len(tx.Objects()) != 0 {
 			t.Errorf("migrated index shares files: %v", tx.Objects())
