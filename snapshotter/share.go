@@ -128,11 +128,10 @@ func recordedUse(objs map[digest.Digest]objects.Use) map[digest.Digest]metadata.
 // applySharing replaces the files of the committed layer dir that plan
 // converts with stubs, and ends the conversion the commit recorded. When
 // plan is the whole conversion (not the rest of one a crash cut off), the
-// index then keeps only the objects of the stubs made. The
-// commit recorded the plan's objects, so every mount of the layer has the
-// store below, and each name reads its content at every step. A failure
-// leaves the files it concerns as they were, readable: it is logged, not
-// returned, since the commit is done.
+// index then drops the objects it could not store. The commit recorded the
+// plan's objects, so every mount of the layer has the store below, and
+// each name reads its content at every step. A failure leaves the files it
+// concerns readable: it is logged, not returned, since the commit is done.
 func (s *snapshotter) applySharing(ctx context.Context, dir string, plan *objects.Plan, whole bool) {
 	logger := log.G(ctx).WithField("layer", s.layout.layer(dir))
 	if err := s.apply(plan); err != nil {
