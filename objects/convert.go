@@ -88,18 +88,16 @@ func (p *Plan) Files() int { return len(p.groups) }
 
 // Scan reads the layer directory dir and prepares its conversion:
 //   - with strip, it strips the kernel's metacopy and redirect xattrs from
-//     every entry that is not a directory. A layer written through a bind
-//     mount can carry them (containerd's applier writes an image's xattrs
-//     as they are into an image's first layer), and below a mount with the
-//     object store the kernel would follow them into any object. A layer
-//     written through an overlay mount cannot (overlayfs escapes them): its
-//     are the kernel's own, a metadata-only copy-up whose data is in the
-//     layers below, and stay;
+//     every entry that is not a directory: containerd's applier writes an
+//     image's xattrs as they are, and below a mount with the object store
+//     the kernel would follow them into any object. Without (the rest of a
+//     conversion a crash cut off), a file that carries them (a stub made
+//     before the crash) is left alone;
 //   - when minSize > 0, it hashes each regular file of at least minSize
 //     bytes that holds its own data, once per inode, for Apply.
 //
 // Nothing may write to the layer meanwhile: it is an active snapshot being
-// committed, or a committed layer not yet scanned.
+// committed, or a committed layer whose conversion a crash cut off.
 func Scan(dir string, minSize int64, strip bool) (*Plan, error) {
 	p := &Plan{dirs: map[string][]unix.Timespec{}}
 	byInode := map[uint64]int{} // inode -> index in p.groups
