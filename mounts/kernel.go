@@ -74,21 +74,25 @@ func Probe(td string, options []string) error {
 // running container's root on a layer). A directory in use must not be
 // deleted: the deletion would reach into the mounted filesystem, or take
 // the files from under a container.
-func InUse(dir string) ([]string, error) { return usedBy(dir, true) }
+func InUse(dir string) ([]string, error) { return usedBy(true, dir) }
 
 // OverlaysOn lists the mount points of the overlays with a lower, upper or
-// work directory at or below dir: the running containers on a layer.
-func OverlaysOn(dir string) ([]string, error) { return usedBy(dir, false) }
+// work directory at or below any of dirs: the running containers on a
+// layer. It reads the mount table once.
+func OverlaysOn(dirs ...string) ([]string, error) { return usedBy(false, dirs...) }
 
-func usedBy(dir string, mountedIn bool) ([]string, error) {
+func usedBy(mountedIn bool, dirs ...string) ([]string, error) {
 	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
 	}
 	var points []string
 	for _, i := range infos {
-		if mountedIn && within(i.Mountpoint, dir) || i.FSType == "overlay" && overlayUses(i.VFSOptions, dir) {
-			points = append(points, i.Mountpoint)
+		for _, dir := range dirs {
+			if mountedIn && within(i.Mountpoint, dir) || i.FSType == "overlay" && overlayUses(i.VFSOptions, dir) {
+				points = append(points, i.Mountpoint)
+				break
+			}
 		}
 	}
 	return points, nil

@@ -15,7 +15,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-snapshotter/strata/metadata"
-	"github.com/strata-snapshotter/strata/mounts"
 	"github.com/strata-snapshotter/strata/objects"
 )
 
@@ -264,14 +263,14 @@ func (r *FsckReport) repair(ctx context.Context, strays []stray) {
 }
 
 // remove deletes path as Cleanup would, and lists it as removed once it is
-// gone (deleteDir leaves a directory that something is mounted in).
+// gone (deleteDir leaves a directory a mount uses, and says which).
 func (r *FsckReport) remove(ctx context.Context, path string) {
-	deleteDir(ctx, path)
+	points := deleteDir(ctx, path)
 	if !exists(path) {
 		r.Removed = append(r.Removed, path)
 		return
 	}
-	if points, err := mounts.InUse(path); err == nil && len(points) > 0 {
+	if len(points) > 0 {
 		f := fmt.Sprintf("kept %s: mounts use it (%s); stop the containers on strata and run fsck again", path, strings.Join(points, ", "))
 		if !slices.Contains(r.Findings, f) {
 			r.Findings = append(r.Findings, f)

@@ -608,12 +608,10 @@ func (s *snapshotter) Remove(ctx context.Context, key string) (err error) {
 		}
 		// A running container's root on it (ctr snapshots rm of a
 		// container's snapshot): its files stay, and so does the record.
-		for _, dir := range []string{s.layout.layer(rec.DirName), s.layout.work(rec.DirName)} {
-			if points, err := mounts.OverlaysOn(dir); err != nil {
-				return fmt.Errorf("check whether a mount uses %q: %w", key, err)
-			} else if len(points) > 0 {
-				return fmt.Errorf("snapshot %q is in use by the overlay mounted at %s (a running container's root?); stop it first: %w", key, points[0], errdefs.ErrFailedPrecondition)
-			}
+		if points, err := mounts.OverlaysOn(s.layout.layer(rec.DirName), s.layout.work(rec.DirName)); err != nil {
+			return fmt.Errorf("check whether a mount uses %q: %w", key, err)
+		} else if len(points) > 0 {
+			return fmt.Errorf("snapshot %q is in use by the overlay mounted at %s (a running container's root?); stop it first: %w", key, points[0], errdefs.ErrFailedPrecondition)
 		}
 		// The layer, then its work directory (active snapshots only), go
 		// to rm- names, which no new snapshot can be given.
@@ -674,23 +672,25 @@ func (s *snapshotter) deleteRemoved(ctx context.Context, dir string) {
 }
 
 // deleteDir removes dir unless a mount uses it: something mounted at or
-// below it, or an overlay (a running container) standing on it. Failures
-// are logged: whoever asked has already decided the directory is garbage,
-// and Cleanup (or the next start) tries again.
-func deleteDir(ctx context.Context, dir string) {
+// below it, or an overlay (a running container) standing on it; it returns
+// the mount points that kept it. Failures are logged: whoever asked has
+// already decided the directory is garbage, and Cleanup (or the next
+// start) tries again.
+func deleteDir(ctx context.Context, dir string) (inUse []string) {
 	logger := log.G(ctx).WithField("path", dir)
 	points, err := mounts.InUse(dir)
 	if err != nil {
 		logger.WithError(err).Warn("not deleting directory: cannot tell whether a mount uses it")
-		return
+		return nil
 	}
 	if len(points) > 0 {
 		logger.WithField("mountpoints", points).Error("not deleting directory: a mount still uses it (a container's root, or something mounted in it)")
-		return
+		return points
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		logger.WithError(err).Warn("failed to delete directory; Cleanup will retry")
 	}
+	return nil
 }
 
 // Walk calls fn for every snapshot matching all of the filters, given in
