@@ -24,7 +24,7 @@ type Plan struct {
 	groups []group
 	// dirs are the directories whose entries Apply replaces, with their
 	// times, put back once the stubs are in place.
-	dirs map[string][]unix.Timespec
+	dirs map[string][2]unix.Timespec
 	// Stripped names the entries whose forged kernel xattrs Scan removed.
 	Stripped []string
 }
@@ -66,11 +66,7 @@ func (p *Plan) Objects() map[digest.Digest]Use {
 // DirTimes are the times (access, modification) of the directories the
 // plan changes, by path, as Scan found them: what Apply puts back.
 func (p *Plan) DirTimes() map[string][2]unix.Timespec {
-	out := make(map[string][2]unix.Timespec, len(p.dirs))
-	for dir, ts := range p.dirs {
-		out[dir] = [2]unix.Timespec{ts[0], ts[1]}
-	}
-	return out
+	return maps.Clone(p.dirs)
 }
 
 // Resume makes the plan finish a conversion that a crash cut off: it keeps
@@ -78,9 +74,7 @@ func (p *Plan) DirTimes() map[string][2]unix.Timespec {
 // as they were before that conversion began (DirTimes then).
 func (p *Plan) Resume(keep func(digest.Digest) bool, times map[string][2]unix.Timespec) {
 	p.groups = slices.DeleteFunc(p.groups, func(g group) bool { return !keep(g.digest) })
-	for dir, ts := range times {
-		p.dirs[dir] = []unix.Timespec{ts[0], ts[1]}
-	}
+	maps.Copy(p.dirs, times)
 }
 
 // Files counts the files (inodes) the plan converts.
@@ -99,7 +93,7 @@ func (p *Plan) Files() int { return len(p.groups) }
 // Nothing may write to the layer meanwhile: it is an active snapshot being
 // committed, or a committed layer whose conversion a crash cut off.
 func Scan(dir string, minSize int64, strip bool) (*Plan, error) {
-	p := &Plan{dirs: map[string][]unix.Timespec{}}
+	p := &Plan{dirs: map[string][2]unix.Timespec{}}
 	byInode := map[uint64]int{} // inode -> index in p.groups
 	err := filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() {
@@ -149,8 +143,8 @@ func (p *Plan) hash() error {
 }
 
 // check deals with the kernel's stub xattrs on path: with strip it strips
-// them, else it reports that path carries them (the kernel's
-// metadata-only copy-up, which holds no data of its own).
+// them, else it reports that path carries them (a stub made before a
+// crash, which holds no data of its own).
 func (p *Plan) check(path string, strip bool) (carries bool, err error) {
 	names, err := sysx.LListxattr(path)
 	if err != nil {
@@ -211,7 +205,7 @@ func (p *Plan) noteDir(path string) error {
 	if err := unix.Lstat(dir, &st); err != nil {
 		return &fs.PathError{Op: "lstat", Path: dir, Err: err}
 	}
-	p.dirs[dir] = []unix.Timespec{st.Atim, st.Mtim}
+	p.dirs[dir] = [2]unix.Timespec{st.Atim, st.Mtim}
 	return nil
 }
 
@@ -229,7 +223,8 @@ func (p *Plan) Apply(s Store, tmp string) (err error) {
 	// converted, and their directories changed.
 	defer func() {
 		for _, dir := range slices.Sorted(maps.Keys(p.dirs)) {
-			if terr := unix.UtimesNanoAt(unix.AT_FDCWD, dir, p.dirs[dir], unix.AT_SYMLINK_NOFOLLOW); terr != nil && err == nil {
+			ts := p.dirs[dir]
+			if terr := unix.UtimesNanoAt(unix.AT_FDCWD, dir, ts[:], unix.AT_SYMLINK_NOFOLLOW); terr != nil && err == nil {
 				err = &fs.PathError{Op: "utimes", Path: dir, Err: terr}
 			}
 		}
